@@ -45,6 +45,22 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the class target taken from a cross-fitted logistic "
                              "probe on the teacher logits (needs --teacher; default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs (default: %(default)s)")
+    parser.add_argument("--crops-per-clip", type=int, default=1,
+                        help="random window crops per training clip per epoch (default: %(default)s)")
+    parser.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                        help="mixup of windows and targets with Beta(ALPHA, ALPHA); 0 = off "
+                             "(default: %(default)s)")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
+                        help="keep an exponential moving average of the weights as the final "
+                             "model, e.g. 0.998; 0 = off (default: %(default)s)")
+    parser.add_argument("--mix-prob", type=float, default=0.5,
+                        help="probability of mixing a negative/other clip/noise into a window "
+                             "(default: %(default)s)")
+    parser.add_argument("--specaugment-prob", type=float, default=0.8,
+                        help="probability of SpecAugment masks on a window (default: %(default)s)")
+    parser.add_argument("--onset-prob", type=float, default=0.0,
+                        help="probability of an onset crop (the sound's start at the end of the "
+                             "window) for faster live detection (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=2e-3,
                         help="peak learning rate (default: %(default)s)")
@@ -74,6 +90,7 @@ def _set_threads(threads: int) -> None:
 
 
 def _config(args, folds, test_folds):
+    from .augment import AugmentConfig
     from .train import SESA_MAP, TrainConfig
 
     _set_threads(args.threads)
@@ -87,13 +104,26 @@ def _config(args, folds, test_folds):
         raise ConfigError("no data: pass --urbansound8k DIR and/or --sesa DIR / --folder DIR")
     if args.epochs < 1:
         raise ConfigError(f"--epochs={args.epochs} must be >= 1")
+    checks = [(args.crops_per_clip >= 1, f"--crops-per-clip={args.crops_per_clip} must be >= 1"),
+              (args.mixup >= 0, f"--mixup={args.mixup} must be >= 0"),
+              (0 <= args.ema < 1, f"--ema={args.ema} must be in [0, 1)"),
+              (0 <= args.mix_prob <= 1, f"--mix-prob={args.mix_prob} must be in [0, 1]"),
+              (0 <= args.onset_prob <= 1, f"--onset-prob={args.onset_prob} must be in [0, 1]"),
+              (0 <= args.specaugment_prob <= 1,
+               f"--specaugment-prob={args.specaugment_prob} must be in [0, 1]")]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
     return TrainConfig(
         urbansound8k=args.urbansound8k, folds=tuple(folds), test_folds=tuple(test_folds),
         folders=tuple(folders), label_map=label_map, holdout_every=args.holdout_every,
         window_seconds=args.window_seconds, window_hop_seconds=args.window_hop_seconds,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         seed=args.seed, teacher=args.teacher, teacher_weight=args.teacher_weight,
-        probe_weight=args.probe_weight,
+        probe_weight=args.probe_weight, crops_per_clip=args.crops_per_clip,
+        mixup_alpha=args.mixup, ema_momentum=args.ema,
+        augment=AugmentConfig(mix_prob=args.mix_prob, specaugment_prob=args.specaugment_prob,
+                              onset_prob=args.onset_prob),
         width=args.width, cache_dir=None if args.cache_dir == "none" else args.cache_dir,
         model_version=args.model_version)
 

@@ -71,6 +71,9 @@ class AugmentConfig:
     """Number of time masks."""
     time_mask_max: int = 12
     """Maximum frames per time mask."""
+    onset_prob: float = 0.0
+    """Probability of an onset crop: the clip's first 0.3-0.9 of a window at the window's end,
+    quiet background before it (what the daemon's window holds just after a sound starts)."""
 
 
 def crop(features: np.ndarray, valid: int, frames: int, rng: np.random.Generator,
@@ -89,6 +92,21 @@ def crop(features: np.ndarray, valid: int, frames: int, rng: np.random.Generator
     place = int(rng.integers(0, frames - valid + 1)) if start is None else start
     window[place:place + valid] = power_sum_db(window[place:place + valid], features[:valid])
     return window, 0
+
+
+def onset_crop(features: np.ndarray, valid: int, frames: int, rng: np.random.Generator,
+               background: np.ndarray, min_fraction: float = 0.3,
+               max_fraction: float = 0.9) -> np.ndarray:
+    """A window ending with the clip's first ``k`` frames (``k`` uniform in the fraction
+    range of the window, at most ``valid``) over ``background``; before them only background."""
+    valid = max(1, min(valid, features.shape[0]))
+    lo = max(1, int(round(min_fraction * frames)))
+    hi = max(lo, min(valid, int(round(max_fraction * frames))))
+    k = int(rng.integers(lo, hi + 1)) if hi > lo else hi
+    k = min(k, valid)
+    window = background.copy()
+    window[frames - k:] = power_sum_db(window[frames - k:], features[:k])
+    return window
 
 
 def mix_at_snr(window: np.ndarray, other: np.ndarray, snr_db: float) -> np.ndarray:

@@ -30,7 +30,7 @@ from detector.errors import ConfigError
 from detector.features import FeatureParams
 from detector.metadata import ModelMetadata
 
-from .augment import AugmentConfig, crop, mix_at_snr, noise_bank, spec_augment
+from .augment import AugmentConfig, crop, mix_at_snr, noise_bank, onset_crop, spec_augment
 from .cache import DEFAULT_CACHE_DIR, load_features
 from .datasets import (URBANSOUND8K_LABELS, Clip, check_fold_integrity, load_folder_dataset,
                        load_urbansound8k)
@@ -64,7 +64,15 @@ class TrainConfig:
     window_hop_seconds: float = 0.25
     """Hop between windows in the daemon and in clip-level evaluation."""
     epochs: int = 40
-    """Training epochs (one class-balanced crop per training clip per epoch)."""
+    """Training epochs."""
+    crops_per_clip: int = 1
+    """Class-balanced crops drawn per training clip per epoch (more steps per epoch)."""
+    mixup_alpha: float = 0.0
+    """Beta(alpha, alpha) mixup of windows and their targets within a batch (0 = off)."""
+    ema_momentum: float = 0.0
+    """Exponential moving average of the weights used as the final model (0 = off)."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Window augmentation (gain, mixing, SpecAugment)."""
     batch_size: int = 32
     """Mini-batch size."""
     learning_rate: float = 2e-3
@@ -177,8 +185,9 @@ class EpochData:
         counts = Counter(item.label for item in items)
         weights = np.array([counts[item.label] ** -0.5 for item in items])
         self.probs = weights / weights.sum()
-        self.n_noise = int(round(cfg.noise_fraction * len(items))) if BACKGROUND in labels else 0
-        self.steps = max(1, (len(items) + self.n_noise) // cfg.batch_size)
+        self.n_draws = len(items) * max(1, cfg.crops_per_clip)
+        self.n_noise = int(round(cfg.noise_fraction * self.n_draws)) if BACKGROUND in labels else 0
+        self.steps = max(1, (self.n_draws + self.n_noise) // cfg.batch_size)
         self.n_teacher = teacher.n_classes if teacher and cfg.teacher_weight > 0 else 0
         self.teacher_windows = [teacher.windows(item.clip.path) if teacher else None
                                 for item in items]
@@ -194,7 +203,7 @@ class EpochData:
         self.dataset = _Dataset()
 
     def plan(self) -> None:
-        picks = self.rng.choice(len(self.items), size=len(self.items), p=self.probs)
+        picks = self.rng.choice(len(self.items), size=self.n_draws, p=self.probs)
         order = np.concatenate([picks, -np.ones(self.n_noise, dtype=np.int64)])
         self.order = self.rng.permutation(order)
 
@@ -211,10 +220,15 @@ class EpochData:
             target = None
         else:
             item = self.items[index]
-            window, offset = crop(item.features, item.valid, self.frames, rng, background)
             label = np.zeros(len(self.labels), dtype=np.float32)
             label[self.index[item.label]] = 1.0
-            windows = self.teacher_windows[index]
+            onset = item.label != BACKGROUND and rng.random() < aug.onset_prob
+            if onset:  # hard label, no teacher target: the teacher never heard this window
+                window, offset = onset_crop(item.features, item.valid, self.frames, rng,
+                                            background), 0
+            else:
+                window, offset = crop(item.features, item.valid, self.frames, rng, background)
+            windows = None if onset else self.teacher_windows[index]
             target = None
             if windows is not None:
                 start_s = offset * self.params.hop_length / self.params.sample_rate
@@ -255,9 +269,24 @@ class EpochData:
             y[row] = label
             if target is not None:
                 t[row] = target
+        if self.cfg.mixup_alpha > 0 and len(chosen) > 1:
+            x, y, t = self.mixup(x, y, t)
         if self.n_teacher:
             return x, {"classes": y, "teacher": t}
         return x, {"classes": y}
+
+
+    def mixup(self, x, y, t):
+        """Blend each window with another of the batch (dB-domain blend, targets alike);
+        a teacher target is kept only where both partners have one."""
+        lam = self.rng.beta(self.cfg.mixup_alpha, self.cfg.mixup_alpha, size=len(x))
+        lam = np.maximum(lam, 1.0 - lam).astype(np.float32)  # the first window dominates
+        perm = self.rng.permutation(len(x))
+        x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[perm]
+        y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+        both = (t[:, 0] >= 0) & (t[perm, 0] >= 0)
+        t = np.where(both[:, None], lam[:, None] * t + (1 - lam[:, None]) * t[perm], -1.0)
+        return x.astype(np.float32), y.astype(np.float32), t.astype(np.float32)
 
 
 def masked_bce(y_true, y_pred):
@@ -419,7 +448,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, params: FeatureParams | None = 
     from .teacher import TeacherTargets
 
     params = params or FeatureParams()
-    aug = aug or AugmentConfig()
+    aug = aug or cfg.augment
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -465,7 +494,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, params: FeatureParams | None = 
     if data.n_teacher:
         losses["teacher"] = masked_bce
         weights["teacher"] = cfg.teacher_weight
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=losses, loss_weights=weights,
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if cfg.ema_momentum > 0 else {}
+    model.compile(optimizer=keras.optimizers.Adam(schedule, **ema), loss=losses, loss_weights=weights,
                   metrics={"classes": ["accuracy"]})
 
     validation = None

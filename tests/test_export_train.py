@@ -128,6 +128,7 @@ def test_crossval_rejects_single_fold(tmp_path):
 def test_crossval_by_official_folds_on_generated_urbansound8k(tmp_path):
     """Two folds, two rotations: per-fold results, mean/std, pooled per-class, confusion PNG."""
     from export.crossval import crossval
+    from export.augment import AugmentConfig
     from export.datasets import URBANSOUND8K_LABELS
     from export.train import TrainConfig
 
@@ -147,7 +148,8 @@ def test_crossval_by_official_folds_on_generated_urbansound8k(tmp_path):
                             f"{URBANSOUND8K_LABELS[class_id]}")
     (root / "metadata" / "UrbanSound8K.csv").write_text("\n".join(rows) + "\n")
     cfg = TrainConfig(urbansound8k=str(root), folds=(1, 2), epochs=1, batch_size=8, seed=3,
-                      cache_dir=str(tmp_path / "cache"))
+                      cache_dir=str(tmp_path / "cache"), crops_per_clip=2, mixup_alpha=0.3,
+                      ema_momentum=0.9, augment=AugmentConfig(onset_prob=0.5))
     result = crossval(cfg, tmp_path / "cv", verbose=0)
     assert set(result["folds"]) == {1, 2}
     assert all(result["folds"][f]["n"] == 8 for f in (1, 2))
