@@ -61,6 +61,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onset-prob", type=float, default=0.0,
                         help="probability of an onset crop (the sound's start at the end of the "
                              "window) for faster live detection (default: %(default)s)")
+    parser.add_argument("--background-boost", type=float, default=1.0,
+                        help="multiply the background (negatives) share of the training crops "
+                             "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=2e-3,
                         help="peak learning rate (default: %(default)s)")
@@ -108,6 +111,8 @@ def _config(args, folds, test_folds):
               (args.mixup >= 0, f"--mixup={args.mixup} must be >= 0"),
               (0 <= args.ema < 1, f"--ema={args.ema} must be in [0, 1)"),
               (0 <= args.mix_prob <= 1, f"--mix-prob={args.mix_prob} must be in [0, 1]"),
+              (args.background_boost > 0,
+               f"--background-boost={args.background_boost} must be > 0"),
               (0 <= args.onset_prob <= 1, f"--onset-prob={args.onset_prob} must be in [0, 1]"),
               (0 <= args.specaugment_prob <= 1,
                f"--specaugment-prob={args.specaugment_prob} must be in [0, 1]")]
@@ -121,7 +126,7 @@ def _config(args, folds, test_folds):
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         seed=args.seed, teacher=args.teacher, teacher_weight=args.teacher_weight,
         probe_weight=args.probe_weight, crops_per_clip=args.crops_per_clip,
-        mixup_alpha=args.mixup, ema_momentum=args.ema,
+        mixup_alpha=args.mixup, ema_momentum=args.ema, background_boost=args.background_boost,
         augment=AugmentConfig(mix_prob=args.mix_prob, specaugment_prob=args.specaugment_prob,
                               onset_prob=args.onset_prob),
         width=args.width, cache_dir=None if args.cache_dir == "none" else args.cache_dir,

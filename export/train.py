@@ -87,6 +87,8 @@ class TrainConfig:
     """Share of the class target taken from the cross-fitted teacher probe (0 = hard labels)."""
     width: int = 1
     """Channel multiplier of the convolution blocks."""
+    background_boost: float = 1.0
+    """Multiplier of the background class's share of the crops (files drawn by length)."""
     noise_fraction: float = 0.04
     """Fraction of each epoch made of synthetic quiet-noise background windows."""
     label_smoothing: float = 0.05
@@ -184,6 +186,12 @@ class EpochData:
         self.index = {label: i for i, label in enumerate(labels)}
         counts = Counter(item.label for item in items)
         weights = np.array([counts[item.label] ** -0.5 for item in items])
+        # Background files run from 1 s to half a minute: within the class, draw them by
+        # length so every second of everyday sound is heard equally; then boost the class.
+        is_bg = np.array([item.label == BACKGROUND for item in items])
+        if is_bg.any():
+            length = np.array([max(1, item.valid) for item in items], dtype=float)
+            weights[is_bg] *= length[is_bg] / length[is_bg].mean() * cfg.background_boost
         self.probs = weights / weights.sum()
         self.n_draws = len(items) * max(1, cfg.crops_per_clip)
         self.n_noise = int(round(cfg.noise_fraction * self.n_draws)) if BACKGROUND in labels else 0
