@@ -156,7 +156,12 @@ def _run_crossval(args) -> int:
     if not args.urbansound8k:
         raise ConfigError("crossval needs --urbansound8k DIR (it rotates the official folds)")
     cfg = _config(args, args.folds, ())
-    result = crossval(cfg, args.out, verbose=2 if args.quiet or not sys.stdout.isatty() else 1)
+    result = crossval(cfg, args.out, verbose=2 if args.quiet or not sys.stdout.isatty() else 1,
+                      rotations=args.rotations)
+    if result is None:
+        print(f"rotations {args.rotations} done; run again without --rotations (finished "
+              "rotations are reused) to aggregate")
+        return 0
     print(result["summary"])
     return 0
 
@@ -218,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(p)
     p.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3],
                    help="UrbanSound8K folds to rotate over (default: 1 2 3)")
+    p.add_argument("--rotations", type=int, nargs="+", metavar="FOLD",
+                   help="run only these test folds now (e.g. one per process); rotations "
+                        "already finished in --out with the same settings are always reused")
     p.add_argument("--out", default="runs/crossval", help="output folder (default: %(default)s)")
     p.set_defaults(func=_run_crossval)
 

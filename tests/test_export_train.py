@@ -125,10 +125,13 @@ def test_crossval_rejects_single_fold(tmp_path):
         crossval(TrainConfig(urbansound8k=str(tmp_path), folds=(1,)), tmp_path)
 
 
-def test_crossval_by_official_folds_on_generated_urbansound8k(tmp_path):
+def test_crossval_by_official_folds_on_generated_urbansound8k(tmp_path, monkeypatch):
     """Two folds, two rotations: per-fold results, mean/std, pooled per-class, confusion PNG."""
-    from export.crossval import crossval
+    from dataclasses import replace
+
+    from detector.errors import ConfigError
     from export.augment import AugmentConfig
+    from export.crossval import crossval
     from export.datasets import URBANSOUND8K_LABELS
     from export.train import TrainConfig
 
@@ -150,7 +153,13 @@ def test_crossval_by_official_folds_on_generated_urbansound8k(tmp_path):
     cfg = TrainConfig(urbansound8k=str(root), folds=(1, 2), epochs=1, batch_size=8, seed=3,
                       cache_dir=str(tmp_path / "cache"), crops_per_clip=2, mixup_alpha=0.3,
                       ema_momentum=0.9, augment=AugmentConfig(onset_prob=0.5))
+    # one rotation now (as one process of several would), then the rest: fold 1 is reused
+    assert crossval(cfg, tmp_path / "cv", verbose=0, rotations=[1]) is None
+    assert not (tmp_path / "cv" / "fold2").exists()
+    fold1_report = tmp_path / "cv" / "fold1" / "report.json"
+    stamp = fold1_report.stat().st_mtime_ns
     result = crossval(cfg, tmp_path / "cv", verbose=0)
+    assert fold1_report.stat().st_mtime_ns == stamp
     assert set(result["folds"]) == {1, 2}
     assert all(result["folds"][f]["n"] == 8 for f in (1, 2))
     r = result["test_restricted"]
@@ -161,3 +170,18 @@ def test_crossval_by_official_folds_on_generated_urbansound8k(tmp_path):
     assert (tmp_path / "cv" / "confusion.png").stat().st_size > 1000
     assert (tmp_path / "cv" / "fold2" / "model.onnx").is_file()
     assert "mean=" in result["summary"]
+
+    # everything finished with these settings: nothing is trained again
+    import export.train as train_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished rotation was trained again")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    again = crossval(cfg, tmp_path / "cv", verbose=0)
+    assert again["summary"] == result["summary"]
+    # other settings are a different experiment: that rotation runs again
+    with pytest.raises(AssertionError, match="trained again"):
+        crossval(replace(cfg, epochs=2), tmp_path / "cv", verbose=0)
+    with pytest.raises(ConfigError, match="rotations"):
+        crossval(cfg, tmp_path / "cv", verbose=0, rotations=[3])
