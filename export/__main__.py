@@ -58,6 +58,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--specaugment-prob", type=float, default=0.8,
                         help="probability of SpecAugment masks on a window (default: %(default)s)")
+    parser.add_argument("--warp-prob", type=float, default=0.0,
+                        help="probability of a time stretch (0.85-1.18) and mel-band shift "
+                             "(+-2) of a window (default: %(default)s)")
     parser.add_argument("--onset-prob", type=float, default=0.0,
                         help="probability of an onset crop (the sound's start at the end of the "
                              "window) for faster live detection (default: %(default)s)")
@@ -113,6 +116,7 @@ def _config(args, folds, test_folds):
               (0 <= args.mix_prob <= 1, f"--mix-prob={args.mix_prob} must be in [0, 1]"),
               (args.background_boost > 0,
                f"--background-boost={args.background_boost} must be > 0"),
+              (0 <= args.warp_prob <= 1, f"--warp-prob={args.warp_prob} must be in [0, 1]"),
               (0 <= args.onset_prob <= 1, f"--onset-prob={args.onset_prob} must be in [0, 1]"),
               (0 <= args.specaugment_prob <= 1,
                f"--specaugment-prob={args.specaugment_prob} must be in [0, 1]")]
@@ -128,7 +132,7 @@ def _config(args, folds, test_folds):
         probe_weight=args.probe_weight, crops_per_clip=args.crops_per_clip,
         mixup_alpha=args.mixup, ema_momentum=args.ema, background_boost=args.background_boost,
         augment=AugmentConfig(mix_prob=args.mix_prob, specaugment_prob=args.specaugment_prob,
-                              onset_prob=args.onset_prob),
+                              onset_prob=args.onset_prob, warp_prob=args.warp_prob),
         width=args.width, cache_dir=None if args.cache_dir == "none" else args.cache_dir,
         model_version=args.model_version)
 

@@ -71,6 +71,13 @@ class AugmentConfig:
     """Number of time masks."""
     time_mask_max: int = 12
     """Maximum frames per time mask."""
+    warp_prob: float = 0.0
+    """Probability of a time stretch and mel-band shift of a window (a log-mel approximation
+    of time stretching and pitch shifting)."""
+    stretch: tuple[float, float] = (0.85, 1.18)
+    """Time-stretch factor range (>1 plays faster)."""
+    band_shift: int = 2
+    """Largest mel-band shift (either way), about a semitone or two per band at mid mels."""
     onset_prob: float = 0.0
     """Probability of an onset crop: the clip's first 0.3-0.9 of a window at the window's end,
     quiet background before it (what the daemon's window holds just after a sound starts)."""
@@ -130,3 +137,22 @@ def spec_augment(window: np.ndarray, cfg: AugmentConfig, rng: np.random.Generato
         lo = int(rng.integers(0, frames - width + 1))
         window[lo:lo + width, :] = fill
     return window
+
+
+def warp(window: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Stretch ``window`` in time about its centre (linear interpolation, edges held) and
+    shift it along the mel axis (vacated bands take the edge band)."""
+    frames, bands = window.shape
+    rate = float(rng.uniform(*cfg.stretch))
+    centre = (frames - 1) / 2.0
+    pos = np.clip(centre + (np.arange(frames) - centre) * rate, 0, frames - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, frames - 1)
+    frac = (pos - lo).astype(np.float32)[:, None]
+    out = window[lo] * (1 - frac) + window[hi] * frac
+    shift = int(rng.integers(-cfg.band_shift, cfg.band_shift + 1))
+    if shift > 0:
+        out = np.concatenate([np.repeat(out[:, :1], shift, axis=1), out[:, :-shift]], axis=1)
+    elif shift < 0:
+        out = np.concatenate([out[:, -shift:], np.repeat(out[:, -1:], -shift, axis=1)], axis=1)
+    return out.astype(np.float32)

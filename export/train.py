@@ -30,7 +30,8 @@ from detector.errors import ConfigError
 from detector.features import FeatureParams
 from detector.metadata import ModelMetadata
 
-from .augment import AugmentConfig, crop, mix_at_snr, noise_bank, onset_crop, spec_augment
+from .augment import (AugmentConfig, crop, mix_at_snr, noise_bank, onset_crop, spec_augment,
+                      warp)
 from .cache import DEFAULT_CACHE_DIR, load_features
 from .datasets import (URBANSOUND8K_LABELS, Clip, check_fold_integrity, load_folder_dataset,
                        load_urbansound8k)
@@ -260,6 +261,8 @@ class EpochData:
                     partner = self.noise[rng.integers(len(self.noise))]
                     snr = rng.uniform(*aug.mix_snr_db)
                 window = mix_at_snr(window, partner, snr)
+        if index >= 0 and rng.random() < aug.warp_prob:
+            window = warp(window, aug, rng)
         # gain; nothing goes below the front end's floor (10*log10(AMIN) = -100 dB)
         window = np.maximum(window + np.float32(rng.uniform(*aug.gain_db)), np.float32(-100.0))
         if rng.random() < aug.specaugment_prob:

@@ -57,3 +57,27 @@ def test_mixup_blends_windows_and_targets_alike_and_drops_half_missing_teacher_t
     missing = mt[:, 0] < 0
     assert missing[2]                                  # its own teacher target was missing
     assert (mt[~missing] >= 0).all()
+
+
+def test_warp_stretches_time_about_the_centre_and_shifts_bands():
+    from export.augment import AugmentConfig, warp
+
+    frames, bands = 101, 16
+    window = np.zeros((frames, bands), dtype=np.float32)
+    window[:, 8] = 10.0                       # one loud band
+    window[50, :] += 5.0                      # one click at the centre frame
+    cfg = AugmentConfig(stretch=(1.0, 1.0), band_shift=2)
+    seen = set()
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        out = warp(window, cfg, rng)
+        assert out.shape == window.shape and out.dtype == np.float32
+        band = int(np.argmax(out[0]))
+        seen.add(band - 8)
+        assert int(np.argmax(out[:, 0])) == 50    # rate 1: time untouched
+    assert seen == {-2, -1, 0, 1, 2}
+    # faster playback squeezes a ramp towards the centre: the slope grows by the rate
+    ramp = np.tile(np.arange(frames, dtype=np.float32)[:, None], (1, 4))
+    out = warp(ramp, AugmentConfig(stretch=(1.1, 1.1), band_shift=0), rng)
+    assert np.diff(out[40:60, 0]).mean() == pytest.approx(1.1, rel=1e-3)
+    assert out[50, 0] == pytest.approx(50.0)
