@@ -163,27 +163,93 @@ class StreamingLogMel:
     Keeps at most ``n_fft - 1 + hop_length`` pending samples; each call
     transforms only the frames that became complete, so the cost per sample is
     constant and the output equals :func:`logmel` of the concatenated input.
+
+    The per-block work runs in preallocated buffers (pending samples, windowed
+    frames, spectrum, power, mel) that grow only when a larger block arrives, so
+    a steady stream of equal blocks allocates nothing but the returned columns.
+    The arithmetic is the same as :meth:`LogMel.frames_to_logmel` (same
+    operations in the same order and precision), so the columns are bit-identical
+    to it on the same frames.
     """
 
     def __init__(self, params: FeatureParams):
         self.params = params
         self._logmel = LogMel(params)
-        self._pending = np.zeros(0, dtype=np.float64)
+        self._window = self._logmel.window
+        self._mel_t = self._logmel.mel_t
+        self._n_bins = params.n_fft // 2 + 1
+        self._empty = np.zeros((0, params.n_mels), dtype=np.float32)
+        self._buf = np.zeros(0, dtype=np.float64)
+        self._n = 0  # valid samples at the start of ``_buf``
+        self._rows = 0  # frames the per-frame buffers hold
         self.columns_out = 0
+        self._ensure(params.n_fft - 1 + params.hop_length + params.sample_rate // 10)
+
+    def _ensure(self, n_samples: int) -> None:
+        """Room for ``n_samples`` pending samples and the frames they can complete."""
+        p = self.params
+        if n_samples > self._buf.shape[0]:
+            buf = np.zeros(max(n_samples, 2 * self._buf.shape[0]), dtype=np.float64)
+            buf[:self._n] = self._buf[:self._n]
+            self._buf = buf
+        rows = p.frames_for(self._buf.shape[0])
+        if rows > self._rows:
+            self._rows = rows
+            self._frames = np.empty((rows, p.n_fft), dtype=np.float64)
+            self._spec = np.empty((rows, self._n_bins), dtype=np.complex128)
+            self._power = np.empty((rows, self._n_bins), dtype=np.float64)
+            self._im2 = np.empty((rows, self._n_bins), dtype=np.float64)
+            self._mel = np.empty((rows, p.n_mels), dtype=np.float64)
 
     def reset(self) -> None:
         """Forget buffered audio (e.g. after a device reconnect)."""
-        self._pending = np.zeros(0, dtype=np.float64)
+        self._n = 0
 
     def push(self, block: np.ndarray) -> np.ndarray:
         """Append mono samples; return ``[k, n_mels]`` for the k columns completed."""
-        block = np.asarray(block, dtype=np.float64).reshape(-1)
-        buf = np.concatenate((self._pending, block)) if self._pending.size else block
-        n_frames = self.params.frames_for(buf.shape[0])
+        p = self.params
+        block = np.asarray(block).reshape(-1)
+        end = self._n + block.shape[0]
+        if end > self._buf.shape[0]:
+            self._ensure(end)
+        self._buf[self._n:end] = block  # float64, as np.asarray(block, float64)
+        self._n = end
+        n_frames = p.frames_for(end)
         if n_frames == 0:
-            self._pending = buf.copy()
-            return np.zeros((0, self.params.n_mels), dtype=np.float32)
-        out = self._logmel(buf[: self.params.samples_for(n_frames)])
-        self._pending = buf[n_frames * self.params.hop_length:].copy()
+            return self._empty.copy()
+        hop = p.hop_length
+        # [n_frames, n_fft] view of the buffer, one row per hop (no copy)
+        frames = np.ndarray((n_frames, p.n_fft), dtype=np.float64, buffer=self._buf,
+                            strides=(hop * 8, 8))
+        windowed = np.multiply(frames, self._window, out=self._frames[:n_frames])
+        spec = _rfft(windowed, p.n_fft, self._spec[:n_frames])
+        power, im2 = self._power[:n_frames], self._im2[:n_frames]
+        np.multiply(spec.real, spec.real, out=power)
+        np.multiply(spec.imag, spec.imag, out=im2)
+        np.add(power, im2, out=power)
+        mel = np.matmul(power, self._mel_t, out=self._mel[:n_frames])
+        np.maximum(mel, AMIN, out=mel)
+        np.log10(mel, out=mel)
+        out = np.empty((n_frames, p.n_mels), dtype=np.float32)
+        np.multiply(mel, 10.0, out=out, casting="same_kind")
+        consumed = n_frames * hop
+        rest = end - consumed
+        self._buf[:rest] = self._buf[consumed:end]
+        self._n = rest
         self.columns_out += n_frames
         return out
+
+
+def _rfft_out(frames: np.ndarray, n_fft: int, out: np.ndarray) -> np.ndarray:
+    return np.fft.rfft(frames, n=n_fft, axis=-1, out=out)
+
+
+def _rfft_alloc(frames: np.ndarray, n_fft: int, out: np.ndarray) -> np.ndarray:
+    return np.fft.rfft(frames, n=n_fft, axis=-1)
+
+
+try:  # numpy >= 2.0 writes the FFT into a preallocated array
+    np.fft.rfft(np.zeros((1, 16)), n=16, axis=-1, out=np.empty((1, 9), dtype=np.complex128))
+    _rfft = _rfft_out
+except TypeError:  # pragma: no cover - numpy 1.x
+    _rfft = _rfft_alloc
