@@ -131,6 +131,12 @@ class Classifier:
         self._mean = float(norm["mean"]) if norm else 0.0
         self._std = float(norm["std"]) if norm else 1.0
         self._input = np.zeros((1, meta.frames, meta.features.n_mels, 1), dtype=np.float32)
+        # Per-window constants, computed once (predict runs 4x per second).
+        self._window_shape = (meta.frames, meta.features.n_mels)
+        self._n_labels = len(meta.labels)
+        self._normalize = self._std != 1.0 or self._mean != 0.0
+        self._output_names = [self.output_name]
+        self._feed = {self.input_name: self._input}
         self._warned_range = False
 
         started = time.perf_counter()
@@ -153,20 +159,20 @@ class Classifier:
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Scores in [0, 1] (float32, one per label) for one ``[frames, n_mels]`` window."""
-        meta = self.metadata
-        if window.shape != (meta.frames, meta.features.n_mels):
-            raise ValueError(f"window shape {window.shape} != "
-                             f"{(meta.frames, meta.features.n_mels)}")
-        if self._std != 1.0 or self._mean != 0.0:
+        if window.shape != self._window_shape:
+            raise ValueError(f"window shape {window.shape} != {self._window_shape}")
+        if self._normalize:
             self._input[0, :, :, 0] = (window - self._mean) / self._std
         else:
             self._input[0, :, :, 0] = window
-        result = self.session.run([self.output_name], {self.input_name: self._input})[0]
+        result = self.session.run(self._output_names, self._feed)[0]
         scores = np.asarray(result, dtype=np.float32).reshape(-1)
-        if scores.shape[0] != len(meta.labels):
+        if scores.shape[0] != self._n_labels:
             raise ModelError(f"model {self.path} returned {scores.shape[0]} scores for "
-                             f"{len(meta.labels)} labels")
-        if not np.all(np.isfinite(scores)) or scores.min() < 0 or scores.max() > 1:
+                             f"{self._n_labels} labels")
+        # min/max propagate NaN, and NaN fails both comparisons: one test covers
+        # NaN, +-inf and values outside [0, 1]
+        if not (scores.min() >= 0.0 and scores.max() <= 1.0):
             if not self._warned_range:
                 logger.warning("model %s returned scores outside [0, 1] (or NaN); "
                                "clipping them", self.path.name)

@@ -44,6 +44,8 @@ REANCHOR_SECONDS = 0.5
 """Live clock: re-anchor the stream clock when it is this far from wall time."""
 LEVEL_FLOOR_DBFS = -120.0
 """Level reported for digital silence."""
+COLUMN_BUFFER_ROWS = 1024
+"""Spare rows of the log-mel column buffer beyond one window (see ``Pipeline``)."""
 
 
 def dbfs(sum_squares: float, count: int) -> float:
@@ -147,8 +149,15 @@ class Pipeline:
         self.hop_seconds = self.hop_columns * self.params.hop_length / self.params.sample_rate
         self.window_span = self.params.samples_for(self.frames)
         self.logmel = StreamingLogMel(self.params)
-        self._columns = np.zeros((2 * self.frames, self.params.n_mels), dtype=np.float32)
+        # Log-mel columns in a linear buffer: new columns are appended in one copy per
+        # block and a window is a contiguous view of the last ``frames`` rows; when
+        # the buffer is full its last ``frames`` rows move to the front (every
+        # COLUMN_BUFFER_ROWS columns, ~10 s of audio).
+        self._columns = np.zeros((self.frames + COLUMN_BUFFER_ROWS, self.params.n_mels),
+                                 dtype=np.float32)
+        self._fill = 0  # rows of ``_columns`` in use
         self._n_columns = 0
+        self._zero_scores = np.zeros(len(meta.labels), dtype=np.float32)
         self._ring = _SampleRing(self.window_span, self.window_span + 4 * self.params.sample_rate)
         self._grid_start = 0  # absolute sample where log-mel framing (re)started
         self._grid_columns = 0  # columns before that restart
@@ -331,7 +340,8 @@ class Pipeline:
         block_end = self._clock_now()
         self.sinks.call("audio", block, block_end)
         self._ring.write(block)
-        self._level_sum += float(np.dot(block.astype(np.float64), block))
+        block64 = block.astype(np.float64)
+        self._level_sum += float(np.dot(block64, block64))
         self._level_count += block.shape[0]
         if self._next_level is None:
             self._next_level = self.started_at + self._level_interval
@@ -339,8 +349,8 @@ class Pipeline:
         t0 = time.perf_counter()
         columns = self.logmel.push(block)
         self._features_s += time.perf_counter() - t0
-        for column in columns:
-            self._add_column(column, block_end)
+        if columns.shape[0]:
+            self._add_columns(columns, block_end)
         while block_end >= self._next_level:
             leq = dbfs(self._level_sum, self._level_count)
             self.sinks.call("level", self._last_level, leq, self._next_level)
@@ -348,24 +358,52 @@ class Pipeline:
             self._next_level += self._level_interval
         return block_end
 
-    def _add_column(self, column: np.ndarray, block_end: float) -> None:
-        pos = self._n_columns % self.frames
-        self._columns[pos] = column
-        self._columns[pos + self.frames] = column
-        self._n_columns += 1
-        count = self._n_columns
-        if count < self.frames or (count - self.frames) % self.hop_columns:
-            return
+    def _add_columns(self, columns: np.ndarray, block_end: float) -> None:
+        """Append a block's new columns; classify every window that became due.
+
+        A window is due after the column whose 1-based count ``c`` satisfies
+        ``c >= frames`` and ``(c - frames) % hop_columns == 0``.
+        """
+        k = columns.shape[0]
+        frames = self.frames
+        if self._fill + k > self._columns.shape[0]:
+            keep = min(self._fill, frames)
+            rows = max(self._columns.shape[0], keep + k)
+            if rows > self._columns.shape[0]:
+                grown = np.zeros((rows, self._columns.shape[1]), dtype=np.float32)
+                grown[:keep] = self._columns[self._fill - keep:self._fill]
+                self._columns = grown
+            else:
+                self._columns[:keep] = self._columns[self._fill - keep:self._fill]
+            self._fill = keep
+        start_fill, start_count = self._fill, self._n_columns
+        self._columns[start_fill:start_fill + k] = columns
+        self._fill += k
+        self._n_columns += k
+        first = max(start_count + 1, frames)
+        first += (-(first - frames)) % self.hop_columns
+        for count in range(first, start_count + k + 1, self.hop_columns):
+            end_row = start_fill + (count - start_count)
+            self._classify(count, self._columns[end_row - frames:end_row], block_end)
+
+    def _classify(self, count: int, window: np.ndarray, block_end: float) -> None:
+        """Model, level and event tracker for the window ending at column ``count``."""
         # absolute sample index just past this column's last sample (per StreamingLogMel)
         col_end = (self._grid_start + self.params.n_fft
                    + (count - 1 - self._grid_columns) * self.params.hop_length)
         now = block_end - (self.samples_in - col_end) / self.params.sample_rate
-        window = self._columns[pos + 1: pos + 1 + self.frames]
-        t0 = time.perf_counter()
-        scores = self.classifier.predict(window)
-        inference_ms = (time.perf_counter() - t0) * 1000.0
-        self.inference_s += inference_ms / 1000.0
         level = dbfs(*self._ring.sum_squares(col_end - self.window_span, col_end))
+        if level < self.tracker.settings.gate_dbfs and not self.record_scores:
+            # The tracker's energy gate turns every score of this window into 0 whatever
+            # the model says, so its events and smoothed scores are the same without
+            # running the model (raw scores are only kept with ``record_scores``).
+            scores = self._zero_scores
+            inference_ms = 0.0
+        else:
+            t0 = time.perf_counter()
+            scores = self.classifier.predict(window)
+            inference_ms = (time.perf_counter() - t0) * 1000.0
+            self.inference_s += inference_ms / 1000.0
         self._last_level = level
         self._drain_controls()
         events = self.tracker.update(scores, level, now)

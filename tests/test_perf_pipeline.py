@@ -1,0 +1,90 @@
+"""The pipeline's cheaper paths give exactly the results of the plain ones.
+
+* Windows come from a linear column buffer appended once per block (compacted
+  every ``COLUMN_BUFFER_ROWS`` columns, grown for huge blocks): every window the
+  model sees must be the exact slice of the log-mel stream.
+* A window the event tracker's energy gate zeroes is not sent to the model
+  (unless raw scores are recorded): events and the smoothed scores the sinks
+  get must be identical to running the model on it.
+"""
+
+import numpy as np
+import pytest
+
+from detector.features import StreamingLogMel
+from detector.pipeline import COLUMN_BUFFER_ROWS
+from onnx_models import tone_signal
+from test_pipeline import SR, ArraySource, classifier, config, run  # noqa: F401 (fixture)
+
+
+class Recording:
+    """A classifier wrapper that keeps a copy of every window it is given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.metadata = inner.metadata
+        self.windows = []
+
+    def predict(self, window):
+        self.windows.append(np.array(window, copy=True))
+        return self.inner.predict(window)
+
+
+def stream_columns(signal, blocks, params):
+    stream = StreamingLogMel(params)
+    out, i = [], 0
+    for n in blocks:
+        out.append(stream.push(signal[i:i + n]))
+        i += n
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("block", [800, 160, 1000, 16000 * 12, "random"])
+def test_windows_are_exact_slices_of_the_column_stream(classifier, block):
+    seconds = 2.5 * COLUMN_BUFFER_ROWS * 160 / SR  # several compactions of the buffer
+    signal = tone_signal([(1.0, 3.0, 1000.0), (9.0, 14.0, 3000.0)], seconds,
+                         noise_dbfs=-40.0)
+    source = ArraySource(signal, seed=11) if block == "random" else ArraySource(signal, block)
+    blocks = []
+    read = source.read
+
+    def logged_read(timeout=0.5):
+        out = read(timeout)
+        blocks.append(out.shape[0])
+        return out
+
+    source.read = logged_read
+    rec = Recording(classifier)
+    pipe, _ = run(rec, source)
+    columns = stream_columns(signal, blocks, classifier.metadata.features)
+    frames, hop = pipe.frames, pipe.hop_columns
+    expected = [columns[s:s + frames] for s in range(0, columns.shape[0] - frames + 1, hop)]
+    assert pipe.windows == len(rec.windows) == len(expected) > 2 * COLUMN_BUFFER_ROWS // hop
+    for got, want in zip(rec.windows, expected):
+        assert np.array_equal(got, want)
+
+
+def test_gated_windows_skip_the_model_with_identical_results(classifier):
+    # loud tone, digital silence, a tone below the -70 dBFS gate, loud tone again
+    loud = tone_signal([(0.5, 2.0, 1000.0)], 3.0)
+    quiet = tone_signal([(0.2, 2.5, 1000.0)], 3.0, amplitude=10 ** (-85 / 20))
+    signal = np.concatenate([loud, np.zeros(2 * SR, np.float32), quiet, loud])
+    runs = {}
+    for record in (True, False):
+        rec = Recording(classifier)
+        pipe, (sink,) = run(rec, ArraySource(signal), cfg=config(gate_dbfs=-70.0),
+                            record_scores=record)
+        runs[record] = (pipe, sink, len(rec.windows))
+    (p_all, s_all, n_all), (p_skip, s_skip, n_skip) = runs[True], runs[False]
+    assert n_all == p_all.windows == p_skip.windows
+    gated = [w[1] < -70.0 for w in s_all.windows]
+    assert sum(gated) >= 10 and n_skip == n_all - sum(gated)
+    for a, b, g in zip(s_all.windows, s_skip.windows, gated):
+        assert a[0] == b[0] and a[1] == b[1]  # smoothed scores and level, exactly
+        assert a[2] - p_all.started_at == pytest.approx(b[2] - p_skip.started_at, abs=1e-6)
+        if g:
+            assert b[3]["inference_ms"] == 0.0
+    keys = ("type", "label", "score", "peak_score", "duration_s", "level_dbfs")
+    assert len(s_all.events) == len(s_skip.events) >= 4
+    assert [[e[k] for k in keys] for e in s_all.events] == \
+        [[e[k] for k in keys] for e in s_skip.events]
