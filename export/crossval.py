@@ -113,6 +113,7 @@ def aggregate(per_fold: dict, out_dir: str | Path) -> dict:
             "accuracy_all_outputs": r["test_all_outputs"]["accuracy"],
             "n": r["test_restricted"]["n"],
             "false_alarms_heldout": r.get("false_alarms_heldout"),
+            "daemon_false_alarms": r.get("daemon_false_alarms"),
             "test_event_recall_at_thresholds": r.get("test_event_recall_at_thresholds"),
             "train_seconds": r["train_seconds"]}
     plot_confusion({"confusion": result["test_restricted"]["confusion"],
