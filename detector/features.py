@@ -205,15 +205,33 @@ class StreamingLogMel:
         """Forget buffered audio (e.g. after a device reconnect)."""
         self._n = 0
 
-    def push(self, block: np.ndarray) -> np.ndarray:
-        """Append mono samples; return ``[k, n_mels]`` for the k columns completed."""
-        p = self.params
+    @property
+    def ready_columns(self) -> int:
+        """Columns that the samples appended so far complete (what :meth:`flush` returns)."""
+        return self.params.frames_for(self._n)
+
+    def append(self, block: np.ndarray) -> None:
+        """Buffer mono samples without transforming them (see :meth:`flush`)."""
         block = np.asarray(block).reshape(-1)
         end = self._n + block.shape[0]
         if end > self._buf.shape[0]:
             self._ensure(end)
         self._buf[self._n:end] = block  # float64, as np.asarray(block, float64)
         self._n = end
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Append mono samples; return ``[k, n_mels]`` for the k columns completed."""
+        self.append(block)
+        return self.flush()
+
+    def flush(self) -> np.ndarray:
+        """``[k, n_mels]`` for the k columns the buffered samples complete.
+
+        ``append`` + ``flush`` once per model hop gives the same columns as ``push``
+        per block, with one transform call instead of one per block.
+        """
+        p = self.params
+        end = self._n
         n_frames = p.frames_for(end)
         if n_frames == 0:
             return self._empty.copy()

@@ -324,6 +324,9 @@ class Pipeline:
         block = np.asarray(block, dtype=np.float32).reshape(-1)
         if self._reset_features.is_set():  # audio resumed after a gap: restart framing
             self._reset_features.clear()
+            # columns already complete before the gap (fewer than a window needs)
+            self._add_columns(self.logmel.flush(),
+                              self._clock_now() if self._anchor is not None else 0.0)
             self.logmel.reset()
             self._grid_start, self._grid_columns = self.samples_in, self._n_columns
         wall = time.time()
@@ -346,10 +349,15 @@ class Pipeline:
         if self._next_level is None:
             self._next_level = self.started_at + self._level_interval
 
+        # The samples are buffered and transformed once the next window is due (one
+        # transform per model hop instead of one per block; same columns).
         t0 = time.perf_counter()
-        columns = self.logmel.push(block)
+        self.logmel.append(block)
+        columns = None
+        if self.logmel.ready_columns >= self._columns_to_next_window():
+            columns = self.logmel.flush()
         self._features_s += time.perf_counter() - t0
-        if columns.shape[0]:
+        if columns is not None:
             self._add_columns(columns, block_end)
         while block_end >= self._next_level:
             leq = dbfs(self._level_sum, self._level_count)
@@ -358,6 +366,13 @@ class Pipeline:
             self._next_level += self._level_interval
         return block_end
 
+    def _columns_to_next_window(self) -> int:
+        """New columns needed until the next window is due (1..hop_columns once running)."""
+        count = self._n_columns
+        if count < self.frames:
+            return self.frames - count
+        return self.hop_columns - (count - self.frames) % self.hop_columns
+
     def _add_columns(self, columns: np.ndarray, block_end: float) -> None:
         """Append a block's new columns; classify every window that became due.
 
@@ -365,6 +380,8 @@ class Pipeline:
         ``c >= frames`` and ``(c - frames) % hop_columns == 0``.
         """
         k = columns.shape[0]
+        if k == 0:
+            return
         frames = self.frames
         if self._fill + k > self._columns.shape[0]:
             keep = min(self._fill, frames)
