@@ -1,0 +1,48 @@
+"""Classifier pins the input's symbolic dims (batch 1) so onnxruntime folds shape ops.
+
+The scores must stay bit-identical to a session opened without the override.
+"""
+
+import numpy as np
+import pytest
+
+from detector.model import Classifier, _session_options, default_model_path
+from onnx_models import make_band_model
+
+
+def plain_scores(path, windows):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), _session_options(1),
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: w[None, :, :, None].astype(np.float32)})[0].reshape(-1)
+            for w in windows]
+
+
+def windows(frames, n_mels, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((frames, n_mels)) * 15 - 50).astype(np.float32)
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("input_frames", [None, "dynamic"])
+def test_symbolic_dims_are_fixed_and_scores_unchanged(tmp_path, input_frames):
+    path = make_band_model(tmp_path / "m.onnx", input_frames=input_frames)
+    clf = Classifier(path)
+    assert clf.session.get_inputs()[0].shape == [1, 97, 64, 1]
+    ws = windows(97, 64)
+    for got, want in zip([clf.predict(w) for w in ws], plain_scores(path, ws)):
+        assert np.array_equal(got, want)
+
+
+def test_shipped_model_scores_are_bit_identical():
+    path = default_model_path()
+    if not path.exists():
+        pytest.skip("shipped model not present")
+    clf = Classifier(path)
+    meta = clf.metadata
+    assert clf.session.get_inputs()[0].shape == [1, meta.frames, meta.features.n_mels, 1]
+    ws = windows(meta.frames, meta.features.n_mels, n=20, seed=1)
+    for got, want in zip([clf.predict(w) for w in ws], plain_scores(path, ws)):
+        assert np.array_equal(got, want)
