@@ -145,6 +145,7 @@ class Classifier:
         self._normalize = self._std != 1.0 or self._mean != 0.0
         self._output_names = [self.output_name]
         self._feed = {self.input_name: self._input}
+        self._binding, self._output = self._bind_io()
         self._warned_range = False
 
         started = time.perf_counter()
@@ -191,6 +192,34 @@ class Classifier:
             logger.debug("model %s: symbolic dims not fixed (%s)", self.path.name,
                          _first_line(exc))
 
+    def _bind_io(self):
+        """Pre-bound input and output buffers for :meth:`predict`, or ``(None, None)``.
+
+        The input is an OrtValue over ``self._input`` (CPU memory shared with the
+        numpy array, so filling the array is all a window needs) and the output a
+        preallocated ``[1, n_labels]`` float32 array; each window then skips
+        onnxruntime's per-run feed conversion and output allocation. Only when the
+        session's output shape is exactly ``[1, n_labels]`` float32 (a fixed batch,
+        see :meth:`_fix_symbolic_dims`); otherwise ``session.run`` is used.
+        """
+        out = self.session.get_outputs()[0]
+        if out.type != "tensor(float)" or list(out.shape) != [1, self._n_labels]:
+            return None, None
+        try:
+            import onnxruntime as ort
+
+            binding = self.session.io_binding()
+            # kept referenced: the OrtValue wraps self._input's memory
+            self._input_value = ort.OrtValue.ortvalue_from_numpy(self._input)
+            binding.bind_ortvalue_input(self.input_name, self._input_value)
+            output = np.zeros((1, self._n_labels), dtype=np.float32)
+            binding.bind_output(self.output_name, "cpu", 0, np.float32, list(output.shape),
+                                output.ctypes.data)
+        except Exception as exc:  # an onnxruntime without io_binding: plain run
+            logger.debug("model %s: no IO binding (%s)", self.path.name, _first_line(exc))
+            return None, None
+        return binding, output
+
     @property
     def labels(self) -> tuple[str, ...]:
         return self.metadata.labels
@@ -203,8 +232,12 @@ class Classifier:
             self._input[0, :, :, 0] = (window - self._mean) / self._std
         else:
             self._input[0, :, :, 0] = window
-        result = self.session.run(self._output_names, self._feed)[0]
-        scores = np.asarray(result, dtype=np.float32).reshape(-1)
+        if self._binding is not None:
+            self.session.run_with_iobinding(self._binding)
+            scores = self._output.reshape(-1).copy()
+        else:
+            result = self.session.run(self._output_names, self._feed)[0]
+            scores = np.asarray(result, dtype=np.float32).reshape(-1)
         if scores.shape[0] != self._n_labels:
             raise ModelError(f"model {self.path} returned {scores.shape[0]} scores for "
                              f"{self._n_labels} labels")

@@ -46,3 +46,22 @@ def test_shipped_model_scores_are_bit_identical():
     ws = windows(meta.frames, meta.features.n_mels, n=20, seed=1)
     for got, want in zip([clf.predict(w) for w in ws], plain_scores(path, ws)):
         assert np.array_equal(got, want)
+
+
+def test_predict_uses_bound_buffers_and_returns_fresh_arrays(tmp_path):
+    path = make_band_model(tmp_path / "m.onnx")
+    clf = Classifier(path)
+    assert clf._binding is not None
+    ws = windows(97, 64, n=6, seed=3)
+    got = [clf.predict(w) for w in ws]  # kept across calls: must not alias the buffer
+    want = plain_scores(path, ws)
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert len({g.tobytes() for g in got}) == len(got)
+
+
+def test_normalised_model_through_bound_buffers(tmp_path):
+    path = make_band_model(tmp_path / "n.onnx", normalization={"mean": -40.0, "std": 25.0})
+    raw = make_band_model(tmp_path / "r.onnx")
+    a, b = Classifier(path), Classifier(raw)
+    for w in windows(97, 64, n=4, seed=4):
+        assert np.allclose(a.predict(w), b.predict(w), atol=1e-5)
