@@ -183,14 +183,17 @@ class Classifier:
             return
         import onnxruntime as ort
 
-        options = _session_options(intra_op_threads)
+        self.session = None  # free the first session before building the second (peak RSS)
         try:
+            options = _session_options(intra_op_threads)
             for name, value in values.items():
                 options.add_free_dimension_override_by_name(name, value)
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # keep the session opened without overrides
+        except Exception as exc:  # open it as before, without overrides
             logger.debug("model %s: symbolic dims not fixed (%s)", self.path.name,
                          _first_line(exc))
+            self.session = ort.InferenceSession(str(self.path), _session_options(intra_op_threads),
+                                                providers=providers)
 
     def _bind_io(self):
         """Pre-bound input and output buffers for :meth:`predict`, or ``(None, None)``.

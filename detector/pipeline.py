@@ -4,10 +4,17 @@ One worker thread does everything after capture (capture has its own PortAudio
 thread and queue). It stops on :meth:`Pipeline.stop` (SIGTERM/SIGINT in the
 CLI) or at the end of a file, then ends open events and closes the sinks.
 
-Windows are cut on the column grid, not per block: after every new log-mel
-column the pipeline checks whether a window is due (the first when ``frames``
-columns exist, then every ``hop`` columns), so the windows, their times and
-therefore the events are the same for any block size.
+Windows are cut on the column grid, not per block: a window is due when the
+log-mel column count reaches ``frames``, then every ``hop`` columns, so the
+windows, their times and therefore the events are the same for any block size.
+Samples are buffered and transformed in the block that completes the next due
+window's last column (one log-mel call per model hop, not one per 50 ms block).
+
+Energy gate: a window quieter than ``events.gate_dbfs`` is not sent to the model,
+because the event tracker counts every score of such a window as 0 anyway; the
+events and the smoothed scores the sinks get are identical (tested); the window's
+timing says ``inference_ms`` 0 and ``model_skipped`` 1. With ``record_scores`` (analysis plots of raw scores) every
+window still runs the model.
 
 Clock: for a file replayed as fast as possible the time of a sample is the wall
 time at start plus its position in the stream, so event times and durations are
@@ -149,8 +156,8 @@ class Pipeline:
         self.hop_seconds = self.hop_columns * self.params.hop_length / self.params.sample_rate
         self.window_span = self.params.samples_for(self.frames)
         self.logmel = StreamingLogMel(self.params)
-        # Log-mel columns in a linear buffer: new columns are appended in one copy per
-        # block and a window is a contiguous view of the last ``frames`` rows; when
+        # Log-mel columns in a linear buffer: new columns are appended in one copy
+        # and a window is a contiguous view of the last ``frames`` rows; when
         # the buffer is full its last ``frames`` rows move to the front (every
         # COLUMN_BUFFER_ROWS columns, ~10 s of audio).
         self._columns = np.zeros((self.frames + COLUMN_BUFFER_ROWS, self.params.n_mels),
@@ -410,7 +417,8 @@ class Pipeline:
                    + (count - 1 - self._grid_columns) * self.params.hop_length)
         now = block_end - (self.samples_in - col_end) / self.params.sample_rate
         level = dbfs(*self._ring.sum_squares(col_end - self.window_span, col_end))
-        if level < self.tracker.settings.gate_dbfs and not self.record_scores:
+        skipped = level < self.tracker.settings.gate_dbfs and not self.record_scores
+        if skipped:
             # The tracker's energy gate turns every score of this window into 0 whatever
             # the model says, so its events and smoothed scores are the same without
             # running the model (raw scores are only kept with ``record_scores``).
@@ -431,6 +439,7 @@ class Pipeline:
         for event in events:
             self._emit(event)
         timing = {"features_ms": self._features_s * 1000.0, "inference_ms": inference_ms,
+                  "model_skipped": 1.0 if skipped else 0.0,
                   "queue_depth": float(self.source.queue_depth),
                   "overflows": float(self.source.overflows)}
         self._features_s = 0.0

@@ -65,3 +65,34 @@ def test_normalised_model_through_bound_buffers(tmp_path):
     a, b = Classifier(path), Classifier(raw)
     for w in windows(97, 64, n=4, seed=4):
         assert np.allclose(a.predict(w), b.predict(w), atol=1e-5)
+
+
+def test_refused_override_falls_back_to_the_plain_session(tmp_path, monkeypatch):
+    import detector.model as model
+
+    real = model._session_options
+    calls = []
+
+    class NoOverride:
+        def __init__(self, options):
+            self._options = options
+
+        def add_free_dimension_override_by_name(self, name, value):
+            raise RuntimeError("not supported here")
+
+        def __getattr__(self, name):
+            return getattr(self._options, name)
+
+    def options(threads):
+        calls.append(threads)
+        return NoOverride(real(threads)) if len(calls) == 2 else real(threads)
+
+    monkeypatch.setattr(model, "_session_options", options)
+    path = make_band_model(tmp_path / "m.onnx")
+    clf = Classifier(path)
+    assert len(calls) == 3  # first session, refused override, plain session again
+    assert clf.session.get_inputs()[0].shape[0] == "N"
+    assert clf._binding is None  # output batch is symbolic: plain session.run
+    ws = windows(97, 64, n=3)
+    for got, want in zip([clf.predict(w) for w in ws], plain_scores(path, ws)):
+        assert np.array_equal(got, want)

@@ -86,7 +86,9 @@ def test_gated_windows_skip_the_model_with_identical_results(classifier):
         assert a[0] == b[0] and a[1] == b[1]  # smoothed scores and level, exactly
         assert a[2] - p_all.started_at == pytest.approx(b[2] - p_skip.started_at, abs=1e-6)
         if g:
-            assert b[3]["inference_ms"] == 0.0
+            assert b[3]["inference_ms"] == 0.0 and b[3]["model_skipped"] == 1.0
+        else:
+            assert b[3]["model_skipped"] == 0.0
     keys = ("type", "label", "score", "peak_score", "duration_s", "level_dbfs")
     assert len(s_all.events) == len(s_skip.events) >= 4
     assert [[e[k] for k in keys] for e in s_all.events] == \
