@@ -9,6 +9,10 @@ with ``git archive`` into a temporary folder) and once for the working tree, bac
 to back, so both see the same machine load. Per run it reports the process CPU
 per second of audio (``time.process_time``, all threads) and splits it into the
 model (CPU of the calling thread inside onnxruntime's run) and everything else.
+A second process per version runs the pipeline alone (the same audio from memory
+in 50 ms blocks, a fake model that answers at once, no outputs): the cost of
+features, windowing, level and event logic without the model, file decoding or
+MQTT, which is the least sensitive to other load on the machine.
 On a shared machine compare the medians, not single runs.
 
 Results: ``bench/results/<name>.json`` and ``<name>.md``.
@@ -26,6 +30,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 from bench._common import REPO, demo_audio, machine, save, write_tiled  # noqa: E402
 
@@ -61,8 +67,56 @@ print(json.dumps({"cpu_ms_per_audio_second": r["cpu_ms_per_audio_second"],
                   "windows": r["windows"], "events": r["events"]}))
 """
 
+OVERHEAD_CHILD = r"""
+import os, sys
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import json, time
+from pathlib import Path
+import numpy as np
+tree, raw = Path(sys.argv[1]), Path(sys.argv[2])
+os.chdir(tree)
+sys.path.insert(0, str(tree))
+from detector.capture import AudioSource
+from detector.config import config_from_dict
+from detector.model import Classifier
+from detector.pipeline import Pipeline
+
+y = np.fromfile(raw, dtype=np.float32)
+real = Classifier(None)
+scores = real.predict(np.zeros((real.metadata.frames, real.metadata.features.n_mels),
+                                dtype=np.float32))
+
+class Memory(AudioSource):
+    sample_rate = 16000
+    def __init__(self):
+        self.pos = 0
+    def start(self):
+        pass
+    def stop(self):
+        pass
+    def read(self, timeout=0.5):
+        if self.pos >= y.size:
+            raise EOFError
+        self.pos += 800
+        return y[self.pos - 800:self.pos]
+
+class Instant:
+    metadata = real.metadata
+    def predict(self, window):
+        return scores
+
+config = config_from_dict({"mqtt": {"enabled": False},
+                           "output": {"stdout_json": False, "log_level": "warning"}})
+pipe = Pipeline(config, Memory(), Instant(), [], node="x")
+t = time.process_time()
+pipe.run()
+print(json.dumps({"pipeline_only_ms_per_audio_second":
+                  round(1000 * (time.process_time() - t) / (y.size / 16000), 3)}))
+"""
+
 KEYS = ("cpu_ms_per_audio_second", "model_ms_per_audio_second", "other_ms_per_audio_second",
-        "features_ms_per_window_p50", "inference_ms_per_window_p50")
+        "features_ms_per_window_p50", "inference_ms_per_window_p50",
+        "pipeline_only_ms_per_audio_second")
 
 
 def export_revision(rev: str, dest: Path) -> str:
@@ -74,13 +128,16 @@ def export_revision(rev: str, dest: Path) -> str:
     return sha
 
 
-def run_once(tree: Path, wav: Path) -> dict:
+def run_once(tree: Path, wav: Path, raw: Path) -> dict:
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, "1")
-    out = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(wav)], env=env,
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    result = {}
+    for child, arg in ((CHILD, wav), (OVERHEAD_CHILD, raw)):
+        out = subprocess.run([sys.executable, "-c", child, str(tree), str(arg)], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        result.update(json.loads(out.strip().splitlines()[-1]))
+    return result
 
 
 def main(argv=None) -> int:
@@ -101,9 +158,13 @@ def main(argv=None) -> int:
         before_tree.mkdir()
         sha = export_revision(args.before, before_tree)
         wav = write_tiled(demo_audio(16000), 16000, args.seconds, tmp / "replay.wav")
+        raw = tmp / "replay.f32"
+        import soundfile as sf
+
+        sf.read(str(wav), dtype="float32")[0].astype(np.float32).tofile(raw)
         for i in range(args.repeats):
             for label, tree in (("before", before_tree), ("after", REPO)):
-                r = run_once(tree, wav)
+                r = run_once(tree, wav, raw)
                 runs[label].append(r)
                 print(f"repeat {i + 1} {label}: " + json.dumps(r), file=sys.stderr)
     medians = {label: {k: round(statistics.median(r[k] for r in rs), 3) for k in KEYS}
@@ -136,7 +197,9 @@ def markdown(r: dict) -> str:
              "model_ms_per_audio_second": "of which onnxruntime run (model)",
              "other_ms_per_audio_second": "of which everything else",
              "features_ms_per_window_p50": "features per window p50 (wall)",
-             "inference_ms_per_window_p50": "inference per window p50 (wall)"}
+             "inference_ms_per_window_p50": "inference per window p50 (wall)",
+             "pipeline_only_ms_per_audio_second":
+                 "pipeline alone: in-memory 50 ms blocks, instant fake model, no MQTT"}
     for k in KEYS:
         lines.append(f"| {names[k]} | {b[k]:.3f} ms | {a[k]:.3f} ms | "
                      f"{a[k] / b[k]:.2f}x |" if b[k] else f"| {names[k]} | {b[k]} | {a[k]} | |")
