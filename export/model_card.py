@@ -100,7 +100,7 @@ def write_card(run_dir, cv_dir, daemon_json, out_md, models_dir, command: str,
         "(`background_labels` metadata); `explosion` comes from SESA.",
         "- Calibrated per-label on-thresholds (metadata `thresholds`; just above the highest "
         "2-window-smoothed score that the daemon's own pipeline produces on the held-out "
-        "negatives, within 0.6..0.99; `export.falsealarm.cross_calibrate`): "
+        "negatives + 0.1, within 0.5..0.99; `export.falsealarm.cross_calibrate`): "
         + ", ".join(f"{k} {v}" for k, v in _shipped_props(models_dir / "default.onnx")
                     ["thresholds"].items()) + ".",
         f"- Size {report['onnx_bytes'] / 1e6:.2f} MB; {report['ms_per_window_1thread']:.2f} ms per "

@@ -378,8 +378,8 @@ def smoothed_peaks(window_probs, smoothing: int = 2) -> np.ndarray:
     return np.array(peaks).reshape(len(peaks), -1)
 
 
-def calibrate_thresholds(window_probs, labels, event_labels, floor=0.6, ceiling=0.95,
-                         margin=0.05, smoothing: int = 2) -> dict:
+def calibrate_thresholds(window_probs, labels, event_labels, floor=0.5, ceiling=0.99,
+                         margin=0.1, smoothing: int = 2) -> dict:
     """Per-label on-threshold: above the highest smoothed score any calibration negative
     reaches (so none of them would fire), clipped into [floor, ceiling]."""
     peaks = smoothed_peaks(window_probs, smoothing) if window_probs else np.zeros((0, len(labels)))
