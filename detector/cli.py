@@ -299,11 +299,13 @@ def _print_stats(pipeline, cpu_s: float, wall_s: float, rss_start_mb: float) -> 
     audio_s = pipeline.samples_in / pipeline.params.sample_rate
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     per_s = 1000.0 * cpu_s / audio_s if audio_s else float("nan")
-    model_ms = 1000.0 * pipeline.inference_s / pipeline.windows if pipeline.windows else 0.0
+    runs = pipeline.inferences
+    model_ms = 1000.0 * pipeline.inference_s / runs if runs else 0.0
     print(f"stats: {audio_s:.1f} s of audio, {pipeline.windows} windows, "
           f"{pipeline.events_out} events; CPU {cpu_s:.2f} s = {per_s:.2f} ms per second "
           f"of audio; wall {wall_s:.2f} s ({audio_s / wall_s if wall_s else 0:.0f}x real "
-          f"time); model {model_ms:.2f} ms per window; RSS {rss_start_mb:.1f} MB at start, "
+          f"time); model {model_ms:.2f} ms per window ({pipeline.windows - runs} quiet windows "
+          f"skipped it); RSS {rss_start_mb:.1f} MB at start, "
           f"{_rss_mb():.1f} MB at end, peak {rss_mb:.1f} MB", file=sys.stderr)
 
 

@@ -261,7 +261,7 @@ class MetricsSink(Sink):
     def window(self, scores, level_dbfs, now, timing):
         r = self.registry
         r.windows.inc()
-        if "inference_ms" in timing:
+        if "inference_ms" in timing and not timing.get("model_skipped"):
             r.inference_seconds.observe(float(timing["inference_ms"]) / 1000.0)
         if "features_ms" in timing:
             r.features_seconds.observe(float(timing["features_ms"]) / 1000.0)

@@ -189,6 +189,8 @@ class Pipeline:
         self.samples_in = 0
         """Samples read from the source."""
         self.inference_s = 0.0
+        self.inferences = 0
+        """Windows the model actually ran on (gated quiet windows skip it)."""
         """Wall time spent in the model, in seconds (all windows)."""
         self.started_at: float | None = None
         """Time of the first sample (the stream clock's origin)."""
@@ -429,6 +431,7 @@ class Pipeline:
             scores = self.classifier.predict(window)
             inference_ms = (time.perf_counter() - t0) * 1000.0
             self.inference_s += inference_ms / 1000.0
+            self.inferences += 1
         self._last_level = level
         self._drain_controls()
         events = self.tracker.update(scores, level, now)

@@ -41,6 +41,9 @@ def test_metrics_follow_the_pipeline(sink):
         sink.window({"siren": 0.1}, -30.0 - i, 100.0 + i,
                     {"features_ms": 0.05, "inference_ms": 1.5 + i, "queue_depth": 3,
                      "overflows": i})
+    # a gated quiet window skips the model: counted as a window, not as an inference
+    sink.window({"siren": 0.0}, -34.0, 106.0, {"features_ms": 0.05, "inference_ms": 0.0,
+                                              "model_skipped": 1.0})
     sink.event({"type": "start", "label": "siren"})
     sink.event({"type": "end", "label": "siren"})
     sink.event({"type": "start", "label": "siren"})
@@ -48,7 +51,7 @@ def test_metrics_follow_the_pipeline(sink):
     sink.registry.mqtt_connected.set_function(lambda: 1)
     sink.registry.outbox.set_function(lambda: 7)
     m = scrape(sink.port)
-    assert m["sound_detector_windows_total"] == 5
+    assert m["sound_detector_windows_total"] == 6
     assert m['sound_detector_events_total{label="siren",type="start"}'] == 2
     assert m['sound_detector_events_total{label="siren",type="end"}'] == 1
     assert m['sound_detector_events_total{label="dog_bark",type="start"}'] == 0
@@ -57,7 +60,7 @@ def test_metrics_follow_the_pipeline(sink):
     assert m['sound_detector_inference_seconds_bucket{le="0.005"}'] == 4
     assert m['sound_detector_inference_seconds_bucket{le="+Inf"}'] == 5
     assert m["sound_detector_inference_seconds_sum"] == pytest.approx(0.0175)
-    assert m['sound_detector_features_seconds_bucket{le="0.0005"}'] == 5
+    assert m['sound_detector_features_seconds_bucket{le="0.0005"}'] == 6
     assert m["sound_detector_input_overflows_total"] == 4
     assert m["sound_detector_audio_queue_blocks"] == 3
     assert m["sound_detector_level_dbfs"] == -34
