@@ -69,15 +69,18 @@ def _pct(x) -> str:
 
 
 def write_card(run_dir, cv_dir, daemon_json, out_md, models_dir, command: str,
-               cv_command: str, cv_daemon_json=None, notes=()) -> None:
+               cv_command: str, cv_daemon_json=None, notes=(),
+               load_note: str = "shared with other work") -> None:
     run_dir, cv_dir, models_dir = Path(run_dir), Path(cv_dir), Path(models_dir)
     report = json.loads((run_dir / "report.json").read_text())
     cv = json.loads((cv_dir / "crossval.json").read_text())
-    daemon = json.loads(Path(daemon_json).read_text()) if daemon_json else {}
+    daemon = (json.loads(Path(daemon_json).read_text())
+              if daemon_json and Path(daemon_json).exists() else {})
     cv_daemon = json.loads(Path(cv_daemon_json).read_text()) if cv_daemon_json else {}
     shutil.copy(cv_dir / "confusion.png", models_dir / "cv_confusion.png")
     shutil.copy(run_dir / "curves.png", models_dir / "training_curves.png")
     cfg = report["config"]
+    aug = cfg.get("augment") or {}
     r, ra = cv["test_restricted"], cv["test_all_outputs"]
     folds = sorted(cv["folds"], key=int)
     lines = [
@@ -122,19 +125,30 @@ def write_card(run_dir, cv_dir, daemon_json, out_md, models_dir, command: str,
         "estimates the false-alarm rate; the shipped thresholds come from both halves (file "
         "lists in the run's `report.json`).",
         "- Synthetic quiet noise (white/pink/brown/hum at -85..-50 dBFS) as more background.",
-        f"- Augmentation in the log-mel domain: random {cfg['window_seconds']} s crops, gain, mixing "
-        "with held-in negatives / other clips / noise at random SNR (power-domain sum), "
-        "SpecAugment; class-balanced sampling (count^-0.5), label smoothing "
-        f"{cfg['label_smoothing']}.",
+        f"- Augmentation in the log-mel domain: {cfg.get('crops_per_clip', 1)} random "
+        f"{cfg['window_seconds']} s crop(s) per clip per epoch, gain, mixing "
+        f"with held-in negatives / other clips / noise at random SNR (power-domain sum, "
+        f"probability {aug.get('mix_prob', 0.5)}), SpecAugment (probability "
+        f"{aug.get('specaugment_prob', 0.8)})"
+        + (f", in-batch mixup (alpha {cfg['mixup_alpha']})" if cfg.get("mixup_alpha") else "")
+        + (f", time stretch / mel-band shift (probability {aug['warp_prob']})"
+           if aug.get("warp_prob") else "")
+        + (f", onset crops (probability {aug['onset_prob']})" if aug.get("onset_prob") else "")
+        + "; class-balanced sampling (count^-0.5, background files by length"
+        + (f", background share x{cfg['background_boost']}"
+           if cfg.get("background_boost", 1.0) != 1.0 else "")
+        + f"), label smoothing {cfg['label_smoothing']}.",
         f"- {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam with warm-up + cosine decay "
-        f"(peak {cfg['learning_rate']}), seed {cfg['seed']}. Distillation: auxiliary head "
+        f"(peak {cfg['learning_rate']})"
+        + (f", weights averaged by EMA {cfg['ema_momentum']}" if cfg.get("ema_momentum") else "")
+        + f", seed {cfg['seed']}. Distillation: auxiliary head "
         f"regressing the teacher's 527 AudioSet probabilities of the matching 1 s window "
         f"(loss weight {cfg['teacher_weight'] if cfg['teacher'] else 0}), and "
         f"{100 * cfg.get('probe_weight', 0):.0f}% of each class target taken from a logistic "
         "probe on the teacher's window logits, cross-fitted by recording (GroupKFold) on the "
         "training clips only, so a clip's soft target never comes from a probe that saw it.",
         f"- Training wall time: {report['train_seconds'] / 60:.1f} min on 2 CPU cores "
-        "(shared with other work) for the whole command below.",
+        f"({load_note}) for the whole command below.",
         "",
         "Retrain (seeded):",
         "```",
@@ -279,6 +293,11 @@ def main(argv=None) -> int:
     p.add_argument("--cv-command", required=True, help="the cross-validation command to print")
     p.add_argument("--ablation", action="append", default=[], metavar="DESCRIPTION=RUN_DIR",
                    help="another measured run (a training run with a test fold) to list")
+    p.add_argument("--note", action="append", default=[], metavar="TEXT",
+                   help="another measured result to list as it is (e.g. a run whose report "
+                        "was lost, a reference number)")
+    p.add_argument("--load-note", default="shared with other work",
+                   help="what else ran on the machine during the final training")
     args = p.parse_args(argv)
     run, cv = Path(args.run), Path(args.crossval)
     if args.measure:
@@ -302,10 +321,11 @@ def main(argv=None) -> int:
                      f"epochs: clip accuracy {_pct(t['accuracy'])}, window accuracy "
                      f"{_pct(t['window_accuracy'])}, all outputs "
                      f"{_pct(rep['test_all_outputs']['accuracy'])}")
+    notes += args.note
     out = Path(args.model).parent
     write_card(run, cv, run / "daemon_eval.json", out / "MODEL_CARD.md", out, args.command,
                args.cv_command, cv / "daemon_eval.json" if (cv / "daemon_eval.json").exists() else None,
-               notes)
+               notes, load_note=args.load_note)
     print(f"wrote {out / 'MODEL_CARD.md'}")
     return 0
 
