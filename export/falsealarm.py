@@ -120,31 +120,61 @@ def recalibrate(model_path, calibration_files, out_path=None, floor=FLOOR, ceili
     return thresholds
 
 
-def cross_calibrate(model_path, files_a, files_b, **kwargs) -> dict:
-    """Thresholds from all held-out negatives, and an honest estimate of their false-alarm
-    rate by swapping halves: calibrate on A and replay B through the daemon, then the
-    reverse. The model at ``model_path`` ends up with the thresholds of A + B (more
-    negatives can only raise them, so its rate is expected at or below the estimate)."""
+def _write_thresholds(model, thresholds: dict, out_path) -> None:
+    import json
+
+    import onnx
+
+    for entry in model.metadata_props:
+        if entry.key == "thresholds":
+            entry.value = json.dumps(thresholds)
+    onnx.save(model, str(out_path))
+
+
+def cross_calibrate(model_path, files_a, files_b=(), floor=FLOOR, ceiling=0.99, margin=MARGIN,
+                    smoothing=2) -> dict:
+    """Thresholds from all held-out negatives, and a leave-one-out estimate of their
+    false-alarm rate through the daemon: for every file, thresholds calibrated on all the
+    OTHER files are written into a copy of the model and that file is replayed through the
+    daemon's pipeline and event logic. That is the rate a new everyday sound would see with
+    thresholds calibrated on n - 1 negatives, close to the shipped ones (all n)."""
     import tempfile
 
-    files_a, files_b = list(files_a), list(files_b)
-    swaps = []
+    import onnx
+
+    from detector.metadata import ModelMetadata
+
+    from .train import calibrate_thresholds
+
+    files = list(files_a) + list(files_b)
+    model = onnx.load(str(model_path))
+    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props},
+                                    source=str(model_path))
+    labels, events = list(meta.labels), list(meta.event_labels)
+    scores = daemon_window_scores(model_path, files)
+
+    def policy(rows) -> dict:
+        return calibrate_thresholds([r for r in rows if len(r)], labels, events, floor=floor,
+                                    ceiling=ceiling, margin=margin, smoothing=smoothing)
+
+    fired_files: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, calib, check in (("a->b", files_a, files_b), ("b->a", files_b, files_a)):
-            if not calib or not check:
-                continue
-            trial = Path(tmp) / f"{name.replace('->', '_')}.onnx"
-            thresholds = recalibrate(model_path, calib, out_path=trial, **kwargs)
-            swaps.append({"calibrated_on": len(calib), "thresholds": thresholds,
-                          **false_alarm_rate(trial, check)})
-    thresholds = recalibrate(model_path, files_a + files_b, **kwargs)
-    clips = sum(s["clips"] for s in swaps)
-    fired = sum(s["fired"] for s in swaps)
-    labels: dict[str, int] = {}
-    for swap in swaps:
-        for label, n in swap["labels"].items():
-            labels[label] = labels.get(label, 0) + n
+        trial = Path(tmp) / "leave_one_out.onnx"
+        for i, path in enumerate(files):
+            _write_thresholds(model, policy(scores[:i] + scores[i + 1:]), trial)
+            started = replay_events(trial, [path], progress=False)[0]
+            if started:
+                fired_files[Path(path).name] = sorted({e["label"] for e in started})
+                for e in started:
+                    counts[e["label"]] = counts.get(e["label"], 0) + 1
+    thresholds = policy(scores)
+    _write_thresholds(model, thresholds, model_path)
+    ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(model_path)).metadata_props})
     return {"thresholds": thresholds,
-            "false_alarms": {"clips": clips, "fired": fired,
-                             "rate": fired / clips if clips else 0.0, "labels": labels,
-                             "swaps": swaps}}
+            "false_alarms": {"method": "leave-one-out", "clips": len(files),
+                             "fired": len(fired_files),
+                             "rate": len(fired_files) / len(files) if files else 0.0,
+                             "labels": counts, "fired_files": fired_files,
+                             "policy": {"floor": floor, "margin": margin, "ceiling": ceiling,
+                                        "smoothing": smoothing}}}

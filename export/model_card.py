@@ -81,6 +81,7 @@ def write_card(run_dir, cv_dir, daemon_json, out_md, models_dir, command: str,
     shutil.copy(run_dir / "curves.png", models_dir / "training_curves.png")
     cfg = report["config"]
     aug = cfg.get("augment") or {}
+    policy = (report.get("daemon_false_alarms") or {}).get("policy") or {}
     r, ra = cv["test_restricted"], cv["test_all_outputs"]
     folds = sorted(cv["folds"], key=int)
     lines = [
@@ -103,7 +104,8 @@ def write_card(run_dir, cv_dir, daemon_json, out_md, models_dir, command: str,
         "(`background_labels` metadata); `explosion` comes from SESA.",
         "- Calibrated per-label on-thresholds (metadata `thresholds`; just above the highest "
         "2-window-smoothed score that the daemon's own pipeline produces on the held-out "
-        "negatives + 0.1, within 0.5..0.99; `export.falsealarm.cross_calibrate`): "
+        f"negatives + {policy.get('margin', 0.1)}, within {policy.get('floor', 0.5)}..0.99; "
+        "`export.falsealarm.cross_calibrate`): "
         + ", ".join(f"{k} {v}" for k, v in _shipped_props(models_dir / "default.onnx")
                     ["thresholds"].items()) + ".",
         f"- Size {report['onnx_bytes'] / 1e6:.2f} MB; {report['ms_per_window_1thread']:.2f} ms per "
@@ -120,10 +122,9 @@ def write_card(run_dir, cv_dir, daemon_json, out_md, models_dir, command: str,
         "than the window are placed into quiet noise or digital silence.",
         "- SESA (Spadini et al., CC BY 4.0): `gunshot` -> gun_shot, `siren` -> siren, "
         "`explosion` -> explosion, `casual` -> background. Every third `casual` file "
-        "(sorted by name) is held out and never trained on: the thresholds are calibrated on "
-        "one half and the other half is replayed through the daemon, then the reverse, which "
-        "estimates the false-alarm rate; the shipped thresholds come from both halves (file "
-        "lists in the run's `report.json`).",
+        "(sorted by name) is held out and never trained on: they calibrate the thresholds, "
+        "and replaying each of them with thresholds calibrated on the others estimates the "
+        "false-alarm rate (leave-one-out; file lists in the run's `report.json`).",
         "- Synthetic quiet noise (white/pink/brown/hum at -85..-50 dBFS) as more background.",
         f"- Augmentation in the log-mel domain: {cfg.get('crops_per_clip', 1)} random "
         f"{cfg['window_seconds']} s crop(s) per clip per epoch, gain, mixing "
@@ -217,15 +218,15 @@ def write_card(run_dir, cv_dir, daemon_json, out_md, models_dir, command: str,
               "streaming log-mel, this model, `EventTracker` with the default `[events]` "
               "settings and the calibrated thresholds)."]
     cross = report.get("daemon_false_alarms") or {}
-    if "swaps" in cross:
+    if cross.get("method") == "leave-one-out":
         lines.append(
-            f"- Held-out SESA `casual` (everyday sounds, speech; never trained on), thresholds "
-            f"calibrated on one half and the other half replayed, both ways: **{cross['fired']} "
-            f"of {cross['clips']} clips ({_pct(cross['rate'])})** produced any event"
+            f"- Held-out SESA `casual` (everyday sounds, speech; never trained on), each file "
+            f"replayed with thresholds calibrated on all the others (leave-one-out): "
+            f"**{cross['fired']} of {cross['clips']} clips ({_pct(cross['rate'])})** produced "
+            "any event"
             + (f" ({', '.join(f'{k}: {v}' for k, v in cross['labels'].items())})"
-               if cross["labels"] else "") + ". The shipped thresholds are calibrated on all "
-            f"{cross['clips']} (higher or equal), so its rate on new everyday sounds is expected "
-            "at or below this estimate.")
+               if cross["labels"] else "") + f". The shipped thresholds are calibrated on all "
+            f"{cross['clips']}, so this is the rate to expect on new everyday sounds of this kind.")
     fi = daemon.get("false_alarms_all_heldout_in_sample")
     if fi:
         lines.append(f"- The shipped model on those same {fi['clips']} clips (in-sample, they set "
@@ -252,7 +253,7 @@ def write_card(run_dir, cv_dir, daemon_json, out_md, models_dir, command: str,
         fas = [(f, cv_daemon[f]["false_alarms_check"]) for f in sorted(cv_daemon)
                if "false_alarms_check" in cv_daemon[f]]
         fas += [(f, cv["folds"][f]["daemon_false_alarms"]) for f in folds
-                if (cv["folds"][f].get("daemon_false_alarms") or {}).get("swaps")]
+                if (cv["folds"][f].get("daemon_false_alarms") or {}).get("method")]
         if fas:
             lines.append("- False alarms of the fold models on the same held-out clips: "
                          + ", ".join(f"fold {f}: {x['fired']}/{x['clips']}" for f, x in fas) + ".")

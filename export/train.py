@@ -579,7 +579,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, params: FeatureParams | None = 
     if held_items:
         # Final thresholds from the daemon's own window scores on all held-out negatives;
         # their false-alarm rate through the daemon (EventTracker, default [events]) estimated
-        # by calibrating on one half and replaying the other, both ways.
+        # leave-one-out: each file replayed with thresholds calibrated on the others.
         from .falsealarm import cross_calibrate
         calib_files = [held_items[i].clip.path for i in range(0, len(held_items), 2)]
         check_files = [held_items[i].clip.path for i in range(1, len(held_items), 2)]

@@ -49,8 +49,9 @@ def test_card_reports_the_runs_numbers_and_settings(tmp_path):
     report = {"config": config, "labels": labels + ["background"], "frames": 97,
               "parameters": 1234, "onnx_bytes": 2_000_000, "ms_per_window_1thread": 1.5,
               "parity_max_abs_diff": 3e-7, "train_seconds": 1234.0,
-              "daemon_false_alarms": {"clips": 46, "fired": 2, "rate": 2 / 46,
-                                      "labels": {"siren": 2}, "swaps": [{}, {}]}}
+              "daemon_false_alarms": {"method": "leave-one-out", "clips": 46, "fired": 2,
+                                      "rate": 2 / 46, "labels": {"siren": 2},
+                                      "policy": {"floor": 0.55, "margin": 0.1}}}
     (run / "report.json").write_text(json.dumps(report))
     cv = tmp_path / "cv"
     cv.mkdir()
@@ -72,6 +73,7 @@ def test_card_reports_the_runs_numbers_and_settings(tmp_path):
     assert "**62.5% +- 1.0%**" in card                         # CV mean +- std
     assert "2 of 46 clips (4.3%)" in card and "siren: 2" in card  # swapped false alarms
     assert "siren 0.71, dog_bark 0.5" in card                  # thresholds from the model file
+    assert "+ 0.1, within 0.55..0.99" in card                  # the policy of the run
     assert "in-batch mixup (alpha 0.4)" in card and "EMA 0.998" in card
     assert "2 random 1.0 s crop(s)" in card and "time stretch" not in card
     assert "20.6 min on 2 CPU cores (nothing else running)" in card
