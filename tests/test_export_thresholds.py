@@ -20,7 +20,9 @@ def test_thresholds_sit_a_margin_above_the_loudest_negative_within_floor_and_cei
                                floor=FLOOR, margin=MARGIN)
     assert thr["a"] == FLOOR                   # negatives never came near: the floor
     assert thr["b"] == pytest.approx(0.8 + MARGIN)
-    assert thr["c"] == pytest.approx((0.1 + 0.995) / 2 + MARGIN, abs=1e-3)
+    assert thr["c"] == pytest.approx(max(FLOOR, (0.1 + 0.995) / 2 + MARGIN), abs=1e-3)
+    assert calibrate_thresholds([spike_c], labels, ["c"], floor=0.3, margin=MARGIN)["c"] == \
+        pytest.approx((0.1 + 0.995) / 2 + MARGIN, abs=1e-3)
     assert calibrate_thresholds([loud_b * 0 + 1.0], labels, ["b"])["b"] == 0.99  # the ceiling
     # by construction none of the calibration negatives fires at those thresholds
     assert false_alarms([quiet, loud_b, spike_c], labels, thr)["fired"] == 0
