@@ -39,12 +39,14 @@ def measure(model_path, run_dir, urbansound8k=None, test_folds=(), out_json=None
             sesa_paths[path.name] = path
     check = [sesa_paths[name] for name in held.get("false_alarm_check", []) if name in sesa_paths]
     calib = [sesa_paths[name] for name in held.get("calibration", []) if name in sesa_paths]
-    swapped = "swaps" in (report.get("daemon_false_alarms") or {})
-    if check and not swapped:  # older runs: thresholds from the calibration half only
+    estimate = report.get("daemon_false_alarms") or {}
+    # leave-one-out (or the earlier swapped halves) calibrates on every held-out file
+    all_calibrate = "method" in estimate or "swaps" in estimate
+    if check and not all_calibrate:  # older runs: thresholds from the calibration half only
         result["false_alarms_check"] = false_alarm_rate(model_path, check)
-    if calib and not swapped:
+    if calib and not all_calibrate:
         result["false_alarms_calibration"] = false_alarm_rate(model_path, calib)
-    if check and calib and swapped:  # in-sample by construction: reported as such
+    if check and calib and all_calibrate:  # in-sample by construction: reported as such
         result["false_alarms_all_heldout_in_sample"] = false_alarm_rate(model_path, calib + check)
     if urbansound8k and test_folds:
         clips = load_urbansound8k(urbansound8k, folds=test_folds)

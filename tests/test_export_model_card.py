@@ -80,3 +80,28 @@ def test_card_reports_the_runs_numbers_and_settings(tmp_path):
     assert "a reference: 69.1%" in card and "python -m export train X" in card
     assert (models / "cv_confusion.png").is_file() and (models / "training_curves.png").is_file()
     assert np.isfinite(float(card.split("parity on real windows: max abs diff ")[1][:7]))
+
+
+def test_measure_reports_leave_one_out_negatives_as_in_sample(tmp_path):
+    """With thresholds calibrated on every held-out file, no half of them is 'unseen'."""
+    from onnx_models import write_tone_wav
+
+    from export.model_card import measure
+
+    data = tmp_path / "sesa" / "casual"
+    data.mkdir(parents=True)
+    for name in ("a.wav", "b.wav"):
+        write_tone_wav(data / name, [], 2.0, noise_dbfs=-50)
+    model = make_band_model(tmp_path / "m.onnx", thresholds={"siren": 0.5, "dog_bark": 0.5})
+    run = tmp_path / "run"
+    run.mkdir()
+    report = {"config": {"folders": [str(tmp_path / "sesa")]},
+              "heldout_files": {"calibration": ["a.wav"], "false_alarm_check": ["b.wav"]},
+              "daemon_false_alarms": {"method": "leave-one-out", "clips": 2, "fired": 0}}
+    (run / "report.json").write_text(json.dumps(report))
+    result = measure(model, run)
+    assert set(result) == {"false_alarms_all_heldout_in_sample"}
+    assert result["false_alarms_all_heldout_in_sample"]["clips"] == 2
+    del report["daemon_false_alarms"]                 # an older run: halves kept apart
+    (run / "report.json").write_text(json.dumps(report))
+    assert set(measure(model, run)) == {"false_alarms_check", "false_alarms_calibration"}
