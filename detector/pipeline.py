@@ -189,9 +189,9 @@ class Pipeline:
         self.samples_in = 0
         """Samples read from the source."""
         self.inference_s = 0.0
+        """Wall time spent in the model, in seconds (all windows)."""
         self.inferences = 0
         """Windows the model actually ran on (gated quiet windows skip it)."""
-        """Wall time spent in the model, in seconds (all windows)."""
         self.started_at: float | None = None
         """Time of the first sample (the stream clock's origin)."""
         self.record_scores = record_scores

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .train import CEILING, FLOOR, MARGIN, calibrate_thresholds
+
 logger = logging.getLogger(__name__)
 
 
@@ -86,53 +88,22 @@ def daemon_window_scores(model_path, files, config=None) -> list:
     return out
 
 
-FLOOR, MARGIN = 0.7, 0.1
-"""Threshold policy: max smoothed score on the held-out negatives + MARGIN, at least FLOOR.
-Chosen on those negatives and a fold-1 model's test clips (so slightly optimistic): floor
-0.5 / 0.6 / 0.7 gave 41% / 35% / 28% event recall and 14% / 10% / 3% clips where another label
-fired; for model 0.3.0 leave-one-out false alarms went 4/46 (floor 0.5) -> 1/46 (floor 0.7)."""
-
-
-def recalibrate(model_path, calibration_files, out_path=None, floor=FLOOR, ceiling=0.99,
-                margin=MARGIN, smoothing=2) -> dict:
-    """Set the model's ``thresholds`` metadata from the daemon's own window scores on
-    ``calibration_files`` (negatives): just above the highest smoothed score each event
-    label reaches there, within [floor, ceiling]. Rewrites only metadata_props."""
+def _write_thresholds(model, thresholds: dict, out_path) -> None:
+    """Save ``model`` (an onnx ModelProto) with new ``thresholds`` metadata, checked first."""
     import json
 
     import onnx
 
     from detector.metadata import ModelMetadata
 
-    from .train import calibrate_thresholds
-
-    model = onnx.load(str(model_path))
-    props = {p.key: p.value for p in model.metadata_props}
-    meta = ModelMetadata.from_props(props, source=str(model_path))
-    scores = [s for s in daemon_window_scores(model_path, calibration_files) if len(s)]
-    thresholds = calibrate_thresholds(scores, list(meta.labels), list(meta.event_labels),
-                                      floor=floor, ceiling=ceiling, margin=margin,
-                                      smoothing=smoothing)
     for entry in model.metadata_props:
         if entry.key == "thresholds":
             entry.value = json.dumps(thresholds)
     ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})  # still valid
-    onnx.save(model, str(out_path or model_path))
-    return thresholds
-
-
-def _write_thresholds(model, thresholds: dict, out_path) -> None:
-    import json
-
-    import onnx
-
-    for entry in model.metadata_props:
-        if entry.key == "thresholds":
-            entry.value = json.dumps(thresholds)
     onnx.save(model, str(out_path))
 
 
-def cross_calibrate(model_path, files_a, files_b=(), floor=FLOOR, ceiling=0.99, margin=MARGIN,
+def cross_calibrate(model_path, files, floor=FLOOR, ceiling=CEILING, margin=MARGIN,
                     smoothing=2) -> dict:
     """Thresholds from all held-out negatives, and a leave-one-out estimate of their
     false-alarm rate through the daemon: for every file, thresholds calibrated on all the
@@ -145,9 +116,7 @@ def cross_calibrate(model_path, files_a, files_b=(), floor=FLOOR, ceiling=0.99, 
 
     from detector.metadata import ModelMetadata
 
-    from .train import calibrate_thresholds
-
-    files = list(files_a) + list(files_b)
+    files = list(files)
     model = onnx.load(str(model_path))
     meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props},
                                     source=str(model_path))
@@ -171,7 +140,6 @@ def cross_calibrate(model_path, files_a, files_b=(), floor=FLOOR, ceiling=0.99, 
                     counts[e["label"]] = counts.get(e["label"], 0) + 1
     thresholds = policy(scores)
     _write_thresholds(model, thresholds, model_path)
-    ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(model_path)).metadata_props})
     return {"thresholds": thresholds,
             "false_alarms": {"method": "leave-one-out", "clips": len(files),
                              "fired": len(fired_files),
