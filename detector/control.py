@@ -37,7 +37,10 @@ def _threshold(label: str, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"control: labels.{label}.{key}={_short(value)} must be a number "
                           "in [0, 1]")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a 3000-digit integer is valid JSON but no float
+        number = math.inf
     if not math.isfinite(number) or not 0.0 <= number <= 1.0:
         raise ConfigError(f"control: labels.{label}.{key}={_short(value)} must be in [0, 1]")
     return number

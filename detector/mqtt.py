@@ -36,6 +36,7 @@ from .events import iso_utc
 from .homeassistant import discovery_messages, event_entity_payload, topic_names
 from .metrics import REGISTRY
 from .outbox import open_outbox
+from .ratelimit import RateLimitedLog
 from .sink import Sink
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ MESSAGES_PER_EVENT = 3
 """Outbox messages per event: ``events``, ``<label>/event`` and ``<label>/state``."""
 FLUSH_SECONDS = 5.0
 """At shutdown, how long to wait for queued messages to reach a connected broker."""
+CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST = 60.0, 5
+"""Rejected ``…/set`` messages: at most this many warning lines per period."""
 
 
 def _check_file(name: str, path: str | None) -> None:
@@ -83,6 +86,7 @@ class MqttSink(Sink):
         self._level_since: float | None = None
         self._last_level = math.nan
         self._delivery: threading.Thread | None = None
+        self._control_log = RateLimitedLog(logger, CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST)
         self.delivered = 0
         """Outbox messages acknowledged by the broker (since start)."""
 
@@ -322,26 +326,40 @@ class MqttSink(Sink):
                     self._publish_discovery(client)
                 return
             if message.topic == self._t("set"):
-                self._handle_control(message.payload)
+                if message.retain:
+                    self._clear_retained_control(client)
+                elif message.payload:  # empty: the broker relaying our own clearing
+                    self._handle_control(message.payload)
         except Exception:  # never let a callback kill paho's network thread
             logger.exception("MQTT: error while handling a message on %s", message.topic)
+
+    def _clear_retained_control(self, client) -> None:
+        """A retained ``…/set`` would be applied again at every start, over the config:
+        runtime control is not persisted, so it is ignored and deleted from the broker."""
+        logger.warning("MQTT: ignored a retained message on %s (runtime control is not "
+                       "persisted; the config applies at every start) and cleared it from "
+                       "the broker; publish control commands without -r / retain",
+                       self._t("set"))
+        client.publish(self._t("set"), b"", qos=1, retain=True)
 
     def _handle_control(self, payload: bytes) -> None:
         try:
             command = parse_control(payload, self.labels)
         except ConfigError as exc:
-            logger.warning("MQTT: ignored %s: %s", self._t("set"), exc)
+            self._control_log.log("MQTT: ignored %s: %s", self._t("set"), exc)
             return
         if self.on_control is None:
-            logger.warning("MQTT: ignored %s: runtime control is not available", self._t("set"))
+            self._control_log.log("MQTT: ignored %s: runtime control is not available",
+                                  self._t("set"))
             return
         try:
             self.on_control(command)
         except DetectorError as exc:
-            logger.warning("MQTT: ignored %s: %s", self._t("set"), exc)
+            self._control_log.log("MQTT: ignored %s: %s", self._t("set"), exc)
             return
-        logger.info("MQTT: accepted runtime control %s (handed to the pipeline)",
-                    json.dumps(command, sort_keys=True))
+        # the pipeline logs whether it applied it ("control: ..." or "control command ignored")
+        logger.debug("MQTT: runtime control %s handed to the pipeline",
+                     json.dumps(command, sort_keys=True))
 
     # -- delivery thread ------------------------------------------------------
     def _deliver_loop(self) -> None:

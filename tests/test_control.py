@@ -71,3 +71,9 @@ def test_size_limit_is_checked_before_parsing():
     ok = '{"labels": {"siren": {"enabled": true}}}'
     ok += " " * (MAX_PAYLOAD_BYTES - len(ok))
     assert parse_control(ok.encode(), LABELS) == {"labels": {"siren": {"enabled": True}}}
+
+
+def test_a_huge_integer_is_one_line_not_an_overflow():
+    payload = '{"labels": {"siren": {"threshold_on": ' + "9" * 3000 + "}}}"
+    with pytest.raises(ConfigError, match=r"threshold_on=9+\.\.\. must be in \[0, 1\]"):
+        parse_control(payload, ["siren"])
