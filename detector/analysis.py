@@ -444,7 +444,7 @@ def _summary_text(a: Analysis) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``sound-detector analyze`` (RUNTIME's CLI calls this)."""
+    """Arguments of ``sound-detector analyze`` (the CLI calls this)."""
     parser.add_argument("input", metavar="FILE_OR_DIR",
                         help="audio file, or directory scanned recursively for audio files")
     parser.add_argument("--out", required=True, metavar="DIR",

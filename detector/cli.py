@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="debug logging")
     model_opts = argparse.ArgumentParser(add_help=False)
     model_opts.add_argument("--config", metavar="PATH",
-                            help="TOML config (default: built-in defaults; see "
-                            "detector/data/config.example.toml)")
+                            help="TOML config (default: built-in defaults; "
+                            "`sound-detector config` prints a commented example)")
     model_opts.add_argument("--model", metavar="PATH",
                             help="ONNX model (overrides model.path; default: the shipped model)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(soak tests: a 10 s clip x 8640 = 24 h)")
 
     sub.add_parser("devices", parents=[common], help="list audio input devices")
+
+    sub.add_parser("config", parents=[common],
+                   help="print a commented example config with every key "
+                   "(sound-detector config > config.toml)")
 
     validate = sub.add_parser("validate-config", parents=[common],
                               help="check a config file (and the model it names); "
@@ -344,6 +348,13 @@ def cmd_devices(args: argparse.Namespace) -> int:  # noqa: ARG001
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from .config import example_config_text
+
+    sys.stdout.write(example_config_text())
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_config
 
@@ -374,7 +385,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return int(analysis.run(args) or 0)
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "devices": cmd_devices,
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "devices": cmd_devices, "config": cmd_config,
             "validate-config": cmd_validate, "analyze": cmd_analyze}
 
 

@@ -487,6 +487,19 @@ def _replace(section: Any, **changes: Any) -> Any:
     return type(section)(**values)
 
 
+EXAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "config.example.toml"
+"""The commented example config shipped in the package (``sound-detector config``)."""
+
+
+def example_config_text() -> str:
+    """Text of the commented example config (every key with its default)."""
+    try:
+        return EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"the example config {EXAMPLE_CONFIG} is missing from the "
+                          f"installation ({exc.strerror or exc}); reinstall the package") from None
+
+
 def load_config(path: str | os.PathLike | None = None,
                 env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML config; ``None`` = built-in defaults.
@@ -501,8 +514,9 @@ def load_config(path: str | os.PathLike | None = None,
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; create it from "
-                          "detector/data/config.example.toml") from None
+        raise ConfigError(f"config file {path} does not exist; create it with "
+                          f"`sound-detector config > {path}` (a commented example) "
+                          "and edit it") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a directory; pass the .toml file") from None
     except OSError as exc:

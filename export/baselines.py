@@ -9,7 +9,7 @@
 2. **log-mel CNN**: a small Conv2D network on 1 s windows of the daemon's own
    log-mel front end (``detector.features``); a clip's prediction is the mean of
    its window probabilities, as in the CNN+LSTM evaluation.
-3. **CNN+LSTM**: the shipped architecture's numbers are *read* from TRAIN's
+3. **CNN+LSTM**: the shipped architecture's numbers are *read* from the recipe's
    cross-validation JSON (``--crnn-results``), never retrained here.
 
 Every available official fold is held out once (train on the others). The same
@@ -272,18 +272,18 @@ def summarise(per_split: dict) -> dict:
 
 
 def crnn_entry(path: Path | None) -> dict | None:
-    """The CNN+LSTM row from TRAIN's ``crossval.json`` (not retrained here)."""
+    """The CNN+LSTM row from the recipe's ``crossval.json`` (not retrained here)."""
     if path is None:
         return None
     if not path.is_file():
-        raise DetectorError(f"--crnn-results {path} does not exist; pass TRAIN's "
+        raise DetectorError(f"--crnn-results {path} does not exist; pass the "
                             "crossval.json (python -m export crossval --out DIR)")
     data = json.loads(path.read_text())
     folds = {f"fold{k}": float(v["accuracy"]) for k, v in data["folds"].items()}
     cfg = data.get("config", {})
     return {"official": summarise(folds),
             "source": path.name,
-            "note": (f"read from TRAIN's cross-validation ({cfg.get('epochs')} epochs, "
+            "note": (f"read from the recipe's cross-validation ({cfg.get('epochs')} epochs, "
                      f"SESA folders {bool(cfg.get('folders'))}, teacher "
                      f"{'yes' if cfg.get('teacher') else 'no'}); clip accuracy over the "
                      "10 UrbanSound8K classes")}
@@ -490,7 +490,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", default="bench/results",
                         help="where baselines.md/json/png go ('' = only --out)")
     parser.add_argument("--crnn-results", default=None,
-                        help="TRAIN's crossval.json for the CNN+LSTM row")
+                        help="the recipe's crossval.json for the CNN+LSTM row")
     parser.add_argument("--mlp-epochs", type=int, default=150)
     parser.add_argument("--cnn-epochs", type=int, default=12)
     parser.add_argument("--cnn-hop-frames", type=int, default=50,

@@ -10,7 +10,7 @@ Properties:
   raises nothing but a one-line AudioError, and what it delivers is finite, mono,
   float32 (in [-1, 1] when no resampling is involved).
 
-(Config documents are covered by RUNTIME's property tests in tests/test_config.py.)
+(Config documents are covered by the property tests in tests/test_config.py.)
 """
 
 from __future__ import annotations

@@ -139,6 +139,21 @@ def test_validate_config(files, tmp_path):
     assert cli("validate-config", example, "--no-model").returncode == 0
 
 
+def test_config_prints_the_commented_example_and_the_missing_config_error_names_it(files, tmp_path):
+    d, model, tone = files
+    printed = cli("config")
+    assert printed.returncode == 0, printed.stderr
+    example = (REPO / "detector" / "data" / "config.example.toml").read_text()
+    assert printed.stdout == example and "# " in printed.stdout
+    # what it prints is a config the daemon accepts as it is
+    conf = tmp_path / "from-command.toml"
+    conf.write_text(printed.stdout)
+    assert cli("validate-config", conf, "--no-model").returncode == 0
+    missing = tmp_path / "nope.toml"
+    line = one_error_line(cli("replay", tone, "--model", model, "--config", missing))
+    assert f"`sound-detector config > {missing}`" in line
+
+
 def test_usage_errors_exit_2():
     result = cli("replay", "--no-such-flag")
     assert result.returncode == 2 and "usage:" in result.stderr
