@@ -191,6 +191,10 @@ class Registry:
         self.outbox_dropped = Gauge("sound_detector_outbox_dropped_total",
                                     "MQTT messages dropped because the outbox was full.",
                                     kind="counter")
+        self.outbox_undeliverable = Gauge(
+            "sound_detector_outbox_undeliverable_total",
+            "MQTT messages that can never be delivered (e.g. a topic over 65,535 bytes), "
+            "moved aside so the rest flow.", kind="counter")
         self.start_time = Gauge("sound_detector_start_time_seconds",
                                 "Unix time the daemon started.")
         self.start_time.set(time.time())

@@ -51,6 +51,10 @@ CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST = 60.0, 5
 """Rejected ``…/set`` messages: at most this many warning lines per period."""
 
 
+def _short_topic(topic: str, limit: int = 80) -> str:
+    return repr(topic if len(topic) <= limit else topic[:limit] + f"... ({len(topic)} chars)")
+
+
 def _check_file(name: str, path: str | None) -> None:
     if path and not Path(path).is_file():
         raise ConfigError(f"mqtt.{name}={path!r} does not exist or is not a file")
@@ -86,6 +90,8 @@ class MqttSink(Sink):
         self._level_since: float | None = None
         self._last_level = math.nan
         self._delivery: threading.Thread | None = None
+        self._latest_log = RateLimitedLog(logger, CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST)
+        self._aside_log = RateLimitedLog(logger, CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST)
         self._control_log = RateLimitedLog(logger, CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST)
         self.delivered = 0
         """Outbox messages acknowledged by the broker (since start)."""
@@ -133,6 +139,7 @@ class MqttSink(Sink):
         REGISTRY.mqtt_connected.set_function(lambda: 1.0 if self._connected.is_set() else 0.0)
         REGISTRY.outbox.set_function(lambda: float(len(self.outbox)))
         REGISTRY.outbox_dropped.set_function(lambda: float(self.outbox.dropped))
+        REGISTRY.outbox_undeliverable.set_function(lambda: float(self.outbox.set_aside_count))
 
     # -- topics -------------------------------------------------------------
     def _t(self, *parts: str) -> str:
@@ -278,7 +285,7 @@ class MqttSink(Sink):
         if device is not None:
             client.publish(self._t("device"), device, qos=1, retain=True)
         for label, state in states.items():
-            client.publish(self._t(self._topics[label], "state"), state, qos=1, retain=True)
+            self._publish_latest(client, self._t(self._topics[label], "state"), state)
         self._publish_discovery(client)
 
     def _publish_discovery(self, client) -> None:
@@ -287,7 +294,16 @@ class MqttSink(Sink):
         for topic, payload in discovery_messages(
                 self.prefix, self.node_id, self.labels, self.model_version, __version__,
                 self.settings.discovery_prefix):
+            self._publish_latest(client, topic, payload)
+
+    def _publish_latest(self, client, topic: str, payload) -> None:
+        """Publish a retained latest value; one paho refuses (a topic too long) is logged,
+        not raised: an exception here would end paho's network thread."""
+        try:
             client.publish(topic, payload, qos=1, retain=True)
+        except (ValueError, TypeError) as exc:
+            self._latest_log.log("MQTT: cannot publish to %s (%s); skipped",
+                                _short_topic(topic), exc)
 
     def _on_connect_fail(self, client, userdata) -> None:
         why = "is unreachable"
@@ -370,8 +386,12 @@ class MqttSink(Sink):
                 message = self.outbox.peek(timeout=0.5)
                 if message is None or self._stop.is_set():
                     continue
-                info = self.client.publish(message.topic, message.payload, qos=message.qos,
-                                           retain=message.retain)
+                try:
+                    info = self.client.publish(message.topic, message.payload, qos=message.qos,
+                                               retain=message.retain)
+                except (ValueError, TypeError) as exc:  # paho refuses it: no retry can help
+                    self._set_aside(message, str(exc))
+                    continue
                 if info.rc == paho.MQTT_ERR_QUEUE_SIZE:  # not configured; defensive
                     time.sleep(0.5)
                     continue
@@ -382,6 +402,14 @@ class MqttSink(Sink):
             except Exception:
                 logger.exception("MQTT: delivery loop error; retrying in 1 s")
                 self._stop.wait(1.0)
+
+    def _set_aside(self, message, reason: str) -> None:
+        self.outbox.set_aside(message, reason)
+        where = (f"kept in the 'undeliverable' table of {self.settings.queue_path}"
+                 if self.settings.queue_path else "kept in memory")
+        self._aside_log.log("MQTT: a message to %s can never be delivered (%s); moved it aside "
+                            "(%s, %d so far) so the queue flows on", _short_topic(message.topic),
+                            reason, where, self.outbox.set_aside_count)
 
     def _wait_ack(self, mid: int, qos: int) -> bool:
         with self._ack_cond:

@@ -13,6 +13,11 @@ Two implementations share the interface:
   put in the outbox survives a crash or reboot and is delivered by the next run.
   A crash between the PUBACK and the delete sends that one message again on the
   next start; subscribers de-duplicate by the event's ``(id, type)``.
+
+A message that can never be delivered (a topic longer than MQTT's 65,535 bytes,
+say) must not block the ones behind it: :meth:`Outbox.set_aside` moves it out of
+the queue into a separate store (the ``undeliverable`` table of the SQLite file,
+or a bounded list in memory), where it is kept and counted, and the queue flows on.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +56,8 @@ class Outbox:
         self.max_messages = max_messages
         self.dropped = 0
         """Messages dropped because the outbox was full (since this process started)."""
+        self.set_aside_count = 0
+        """Messages moved aside as undeliverable (since this process started)."""
         self._cond = threading.Condition()
 
     def put(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
@@ -78,6 +86,19 @@ class Outbox:
         with self._cond:
             self._delete(seq)
 
+    def set_aside(self, message: Message, reason: str) -> None:
+        """Move an undeliverable message out of the queue, keeping it with ``reason``."""
+        with self._cond:
+            self._set_aside(message, str(reason))
+            self.set_aside_count += 1
+            self._cond.notify_all()
+
+    @property
+    def undeliverable(self) -> int:
+        """Messages kept aside as undeliverable (for the SQLite outbox: in the file)."""
+        with self._cond:
+            return self._count_aside()
+
     def __len__(self) -> int:
         with self._cond:
             return self._count()
@@ -103,6 +124,12 @@ class Outbox:
     def _count(self) -> int:
         raise NotImplementedError
 
+    def _set_aside(self, message: Message, reason: str) -> None:
+        raise NotImplementedError
+
+    def _count_aside(self) -> int:
+        raise NotImplementedError
+
 
 class MemoryOutbox(Outbox):
     """In-memory outbox: ordered, bounded, lost when the process exits."""
@@ -111,6 +138,8 @@ class MemoryOutbox(Outbox):
         super().__init__(max_messages)
         self._items: deque[Message] = deque()
         self._next = 1
+        self.aside: deque[tuple[Message, str]] = deque(maxlen=max_messages)
+        """Undeliverable messages with their reason (the newest ``max_messages``)."""
 
     def _append(self, topic, payload, qos, retain):
         self._items.append(Message(self._next, topic, payload, qos, retain))
@@ -136,6 +165,13 @@ class MemoryOutbox(Outbox):
     def _count(self):
         return len(self._items)
 
+    def _set_aside(self, message, reason):
+        self._delete(message.seq)
+        self.aside.append((message, reason))
+
+    def _count_aside(self):
+        return len(self.aside)
+
 
 class SqliteOutbox(Outbox):
     """On-disk outbox in one SQLite file; survives daemon restarts and crashes."""
@@ -155,7 +191,12 @@ class SqliteOutbox(Outbox):
                 "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, "
                 "retain INTEGER NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS undeliverable (seq INTEGER PRIMARY KEY, "
+                "topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, "
+                "retain INTEGER NOT NULL, reason TEXT NOT NULL, set_aside_at REAL NOT NULL)")
             pending = self._count()
+            aside = self._count_aside()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"mqtt.queue_path={str(self.path)!r} cannot be used as an SQLite "
                               f"queue ({exc}); point it at a writable file, e.g. "
@@ -163,6 +204,10 @@ class SqliteOutbox(Outbox):
         if pending:
             logger.info("MQTT outbox %s holds %d undelivered message(s) from a previous run",
                         self.path, pending)
+        if aside:
+            logger.warning("MQTT outbox %s keeps %d undeliverable message(s) set aside in its "
+                           "'undeliverable' table (inspect with sqlite3; they are not retried)",
+                           self.path, aside)
 
     def _append(self, topic, payload, qos, retain):
         with self._db:  # one transaction: insert + trim
@@ -188,6 +233,21 @@ class SqliteOutbox(Outbox):
 
     def _count(self):
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def _set_aside(self, message, reason):
+        with self._db:  # one transaction: copy, delete, trim to the newest max_messages
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO undeliverable (seq, topic, payload, qos, retain, reason, "
+                "set_aside_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (message.seq, message.topic, message.payload, message.qos, int(message.retain),
+                 reason, time.time()))
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,))
+            self._db.execute("DELETE FROM undeliverable WHERE seq NOT IN (SELECT seq FROM "
+                             "undeliverable ORDER BY seq DESC LIMIT ?)", (self.max_messages,))
+
+    def _count_aside(self):
+        return int(self._db.execute("SELECT COUNT(*) FROM undeliverable").fetchone()[0])
 
     def close(self):
         with self._cond:

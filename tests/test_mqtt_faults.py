@@ -84,3 +84,44 @@ def test_a_flood_of_bad_control_is_rate_limited(mosquitto, sinks, caplog):
     assert not [r for r in caplog.records if r.exc_info], "no traceback for a huge number"
     assert controls == [{"labels": {"siren": {"enabled": True}}}]
     pub.close()
+
+
+@pytest.mark.parametrize("queue", ["memory", "sqlite"])
+def test_an_undeliverable_message_is_set_aside_and_the_rest_flow(mosquitto, sinks, caplog,
+                                                                 tmp_path, queue):
+    from detector.metrics import REGISTRY
+    from mqtt_helpers import make_event
+
+    path = str(tmp_path / "outbox.sqlite") if queue == "sqlite" else None
+    s = settings(mosquitto.port, queue_path=path)
+    prefix = f"sound-detector/{s.node_id}"
+    long_label = "x" * 70_000  # <prefix>/<label>/state exceeds MQTT's 65,535-byte topic limit
+    rec = Recorder(mosquitto.port, [f"{prefix}/#"])
+    sink = MqttSink(s)
+    sinks.append(sink)
+    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+        sink.start(["siren", long_label], "v1")
+        sent = [make_event(0, label=long_label), make_event(1, label="siren"),
+                make_event(2, label="siren", kind="end")]
+        for event in sent:
+            sink.event(event)
+        got = rec.wait_count(f"{prefix}/events", 3, 30)
+        rec.wait_count(f"{prefix}/siren/event", 2, 30)
+        rec.wait_for(lambda m: len(sink.outbox) == 0, 30, "outbox drained")
+    import json
+    assert [json.loads(p)["id"] for p in got] == [e["id"] for e in sent]
+    # the long label's initial OFF state, its event and its ON state can never go out
+    assert sink.outbox.set_aside_count == 3
+    assert sink.outbox.undeliverable == 3
+    assert REGISTRY.outbox_undeliverable.value() == 3.0
+    aside = [w for w in _warnings(caplog) if "can never be delivered" in w]
+    assert len(aside) == 3 and all("too long" in w for w in aside)
+    assert all(len(w) < 400 for w in _warnings(caplog)), "a 70 kB topic is not logged whole"
+    assert not [r for r in caplog.records if r.exc_info]
+    assert sink.connected, "paho's network thread survived the unpublishable state topic"
+    if path:
+        import sqlite3
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT topic, reason FROM undeliverable").fetchall()
+        assert len(rows) == 3 and all(len(t) > 65_535 and "too long" in r for t, r in rows)
+    rec.close()
