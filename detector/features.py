@@ -1,19 +1,36 @@
-"""Log-mel features in pure numpy, shared by the daemon and by training.
+"""Model front ends in pure numpy, shared by the daemon and by training.
 
-Semantics match ``librosa.feature.melspectrogram(center=False, power=2.0,
-window="hann", htk=False, norm="slaney")`` followed by
-``librosa.power_to_db(ref=1.0, amin=1e-10, top_db=None)``: a fixed dB reference,
-never a per-window maximum, so loudness information survives.
+Two kinds, named by the model metadata's ``feature`` key (see
+:func:`make_frontend`, the one factory the pipeline, replay, evaluation and
+export use):
 
-:class:`StreamingLogMel` computes one STFT column per hop as audio arrives and
+``logmel_db``
+    Semantics of ``librosa.feature.melspectrogram(center=False, power=2.0,
+    window="hann", htk=False, norm="slaney")`` followed by
+    ``librosa.power_to_db(ref=1.0, amin=1e-10, top_db=None)``: a fixed dB
+    reference, never a per-window maximum, so loudness information survives.
+
+``mn_logmel``
+    A 16 kHz equivalent of the EfficientAT (AudioSet MobileNet) front end, which
+    is defined at 32 kHz: pre-emphasis 0.97, n_fft 1024, 800-sample symmetric
+    Hann, hop 320, 128 Kaldi mel bands 0-15000 Hz, ``ln(mel + 1e-5)``. At 16 kHz
+    with n_fft 512 the FFT bins are 31.25 Hz apart, as the 32 kHz grid's, so the
+    32 kHz mel matrix applies bin for bin (bands above 8 kHz get no energy and
+    sit at the floor, as they do for 16 kHz audio upsampled by 2). The window is
+    the 800-point one sampled at every second point; pre-emphasis becomes its
+    32 kHz power response per bin and the 2x longer window at 2x the rate a power
+    gain of 4, both folded into the mel matrix. Parameters: :class:`MnParams`.
+
+Both compute ``center=False`` frames (``1 + (N - n_fft) // hop_length``).
+:class:`StreamingFrontEnd` computes one column per hop as audio arrives and
 carries the remainder between blocks, so every sample is transformed
-``n_fft / hop_length`` times and the result equals :func:`logmel` on the whole
-signal for any block size.
+``n_fft / hop_length`` times and the result equals the batch front end on the
+whole signal for any block size.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -125,21 +142,240 @@ def hann_window(params: FeatureParams) -> np.ndarray:
     return padded
 
 
-class LogMel:
-    """Frames -> log-mel dB. Holds the window and filterbank, computed once."""
+FEATURE_KINDS = ("logmel_db", "mn_logmel")
+"""Front ends a model's ``feature`` metadata may name."""
 
-    def __init__(self, params: FeatureParams):
-        self.params = params
-        self.window = hann_window(params)
-        # Transposed once so each call is a single [frames, bins] @ [bins, mels] product.
-        self.mel_t = np.ascontiguousarray(mel_filterbank(params).T)
 
-    def frames_to_logmel(self, frames: np.ndarray) -> np.ndarray:
-        """``frames``: ``[n, n_fft]`` float -> ``[n, n_mels]`` float32 dB."""
+def _number(key: str, value: object, kind: type) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"feature_params.{key}={value!r} must be a number")
+    if kind is int:
+        if float(value) != int(value):
+            raise ConfigError(f"feature_params.{key}={value!r} must be a whole number")
+        return int(value)
+    return float(value)
+
+
+@dataclass(frozen=True)
+class MnParams:
+    """Parameters of the ``mn_logmel`` front end (model metadata ``feature_params``).
+
+    The network's front end is defined at 32 kHz; every value says at which rate
+    it is defined, so the daemon computes the equivalent at its own
+    ``sample_rate`` / ``n_fft`` / ``hop_length`` / ``win_length`` (the top-level
+    keys). Defaults are EfficientAT mn04's front end for a 16 kHz model.
+    """
+
+    window: str = "hann_symmetric"
+    """Window kind: ``hann_symmetric`` = ``0.5 - 0.5 cos(2 pi n / (L - 1))``, n = 0..L-1."""
+    window_length: int = 800
+    """Window length L in samples at ``window_rate``."""
+    window_rate: int = 32000
+    """Rate the window is defined at: k = window_rate / sample_rate, and every k-th
+    point of it (from the first) is the ``win_length``-sample window used."""
+    window_offset: int = 112
+    """Index of the window's first sample inside the ``n_fft`` frame. 112 (the end
+    of a 512 frame) lines its span up with the 32 kHz network's frames."""
+    preemphasis: float = 0.97
+    """Coefficient c of ``y[n] = x[n+1] - c x[n]``; 0 for none."""
+    preemphasis_rate: int = 32000
+    """Rate the pre-emphasis is defined at; applied as its power response
+    ``|1 - c exp(-2 pi i f / preemphasis_rate)|^2`` on each FFT bin."""
+    mel_scale: str = "kaldi"
+    """``kaldi``: mel = 1127 ln(1 + f / 700), triangles in the mel domain, unnormalised."""
+    mel_fmin: float = 0.0
+    """Lowest mel band edge in Hz."""
+    mel_fmax: float = 15000.0
+    """Highest mel band edge in Hz (may exceed sample_rate / 2: those bands stay at the floor)."""
+    mel_rate: int = 32000
+    """Rate of the FFT grid the mel matrix is defined on."""
+    mel_n_fft: int = 1024
+    """FFT size of that grid (no weight on its Nyquist bin, as Kaldi); its bin
+    spacing mel_rate / mel_n_fft must equal sample_rate / n_fft."""
+    power_scale: float = 4.0
+    """Factor on the power spectrum: 4 = a 2x-upsampled signal under a 2x longer window."""
+    log: str = "ln"
+    """Logarithm of the mel energies: ``ln`` (natural)."""
+    log_offset: float = 1e-5
+    """Added before the logarithm: ``ln(mel + log_offset)``; silence sits at ln(log_offset)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.window in ("hann_symmetric",),
+             f"feature_params.window={self.window!r} is not supported (expected 'hann_symmetric')"),
+            (self.window_length >= 2, f"feature_params.window_length={self.window_length} must be >= 2"),
+            (self.window_rate >= 1000, f"feature_params.window_rate={self.window_rate} must be >= 1000"),
+            (self.window_offset >= 0, f"feature_params.window_offset={self.window_offset} must be >= 0"),
+            (0.0 <= self.preemphasis <= 1.0,
+             f"feature_params.preemphasis={self.preemphasis} must be in 0..1"),
+            (self.preemphasis_rate >= 1000,
+             f"feature_params.preemphasis_rate={self.preemphasis_rate} must be >= 1000"),
+            (self.mel_scale in ("kaldi",),
+             f"feature_params.mel_scale={self.mel_scale!r} is not supported (expected 'kaldi')"),
+            (0.0 <= self.mel_fmin < self.mel_fmax,
+             f"feature_params.mel_fmin={self.mel_fmin} must be >= 0 and < mel_fmax={self.mel_fmax}"),
+            (self.mel_rate >= 1000, f"feature_params.mel_rate={self.mel_rate} must be >= 1000"),
+            (self.mel_n_fft >= 16, f"feature_params.mel_n_fft={self.mel_n_fft} must be >= 16"),
+            (self.mel_fmax <= self.mel_rate / 2,
+             f"feature_params.mel_fmax={self.mel_fmax} must be <= mel_rate/2={self.mel_rate / 2}"),
+            (self.power_scale > 0, f"feature_params.power_scale={self.power_scale} must be > 0"),
+            (self.log in ("ln",), f"feature_params.log={self.log!r} is not supported (expected 'ln')"),
+            (self.log_offset > 0, f"feature_params.log_offset={self.log_offset} must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def check_against(self, features: FeatureParams) -> None:
+        """Refuse parameters that do not fit the top-level framing ``features``."""
+        rate = features.sample_rate
+        step = self.window_rate // rate
+        checks = [
+            (self.window_rate % rate == 0,
+             f"feature_params.window_rate={self.window_rate} must be a multiple of "
+             f"sample_rate={rate}"),
+            (step >= 1 and -(-self.window_length // max(step, 1)) == features.win_length,
+             f"feature_params.window_length={self.window_length} at window_rate="
+             f"{self.window_rate} gives {-(-self.window_length // max(step, 1))} samples at "
+             f"sample_rate={rate}, not win_length={features.win_length}"),
+            (self.window_offset + features.win_length <= features.n_fft,
+             f"feature_params.window_offset={self.window_offset} + win_length="
+             f"{features.win_length} must be <= n_fft={features.n_fft}"),
+            (self.mel_rate * features.n_fft == rate * self.mel_n_fft,
+             f"feature_params.mel_rate/mel_n_fft={self.mel_rate}/{self.mel_n_fft} must give "
+             f"the bin spacing of sample_rate/n_fft={rate}/{features.n_fft}"),
+            (features.fmin == self.mel_fmin,
+             f"fmin={features.fmin} must equal feature_params.mel_fmin={self.mel_fmin}"),
+            (features.fmax == min(self.mel_fmax, rate / 2),
+             f"fmax={features.fmax} must be the highest frequency the bands carry, "
+             f"min(feature_params.mel_fmax, sample_rate/2)={min(self.mel_fmax, rate / 2)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: object) -> "MnParams":
+        """Parse the ``feature_params`` JSON object: every key present, no others."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"feature_params={values!r} must be a JSON object")
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"feature_params has unknown keys {unknown}")
+        missing = [name for name in known if name not in values]
+        if missing:
+            raise ConfigError(f"feature_params lacks {missing}")
+        parsed: dict = {}
+        for name, kind in known.items():
+            value = values[name]
+            if kind in ("str", str):
+                if not isinstance(value, str):
+                    raise ConfigError(f"feature_params.{name}={value!r} must be a string")
+                parsed[name] = value
+            else:
+                parsed[name] = _number(name, value, int if kind in ("int", int) else float)
+        return cls(**parsed)
+
+
+MN04_FEATURES = FeatureParams(sample_rate=16000, n_fft=512, hop_length=160, win_length=400,
+                              n_mels=128, fmin=0.0, fmax=8000.0)
+"""Top-level framing of an ``mn_logmel`` model at 16 kHz (EfficientAT mn04's bin grid)."""
+MN04_PARAMS = MnParams()
+"""``feature_params`` of EfficientAT mn04's front end, computed at 16 kHz."""
+MN04_NORMALIZATION = {"mean": -4.5, "std": 5.0}
+"""The network's input normalisation ``(ln(mel + 1e-5) + 4.5) / 5`` as metadata."""
+
+
+def kaldi_mel(freq: np.ndarray | float) -> np.ndarray:
+    """Kaldi / HTK mel scale: ``1127 ln(1 + f / 700)``."""
+    return 1127.0 * np.log1p(np.asarray(freq, dtype=np.float64) / 700.0)
+
+
+def kaldi_mel_filterbank(n_mels: int, n_fft: int, sample_rate: float, fmin: float,
+                         fmax: float) -> np.ndarray:
+    """Kaldi triangular filters, ``[n_mels, 1 + n_fft // 2]``, zero on the Nyquist bin.
+
+    Band edges are equally spaced on the mel scale between ``fmin`` and ``fmax``;
+    each weight is the triangle evaluated at the bin's mel value (not Hz), with
+    no area normalisation (``torchaudio.compliance.kaldi.get_mel_banks``).
+    """
+    n_bins = n_fft // 2
+    bin_mel = kaldi_mel(np.arange(n_bins) * (sample_rate / n_fft))
+    low, high = float(kaldi_mel(fmin)), float(kaldi_mel(fmax))
+    delta = (high - low) / (n_mels + 1)
+    left = low + delta * np.arange(n_mels)[:, None]
+    center, right = left + delta, left + 2 * delta
+    up = (bin_mel[None, :] - left) / (center - left)
+    down = (right - bin_mel[None, :]) / (right - center)
+    weights = np.zeros((n_mels, n_bins + 1))
+    weights[:, :n_bins] = np.maximum(0.0, np.minimum(up, down))
+    return weights
+
+
+def symmetric_hann(length: int) -> np.ndarray:
+    """``0.5 - 0.5 cos(2 pi n / (length - 1))`` for n = 0..length-1."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / (length - 1))
+
+
+def mn_window(features: FeatureParams, mn: MnParams) -> np.ndarray:
+    """The ``mn_logmel`` analysis window at ``sample_rate``, placed in the ``n_fft`` frame."""
+    step = mn.window_rate // features.sample_rate
+    window = symmetric_hann(mn.window_length)[::step]
+    padded = np.zeros(features.n_fft)
+    padded[mn.window_offset:mn.window_offset + window.shape[0]] = window
+    return padded
+
+
+def mn_bin_gains(features: FeatureParams, mn: MnParams) -> np.ndarray:
+    """Per-FFT-bin power factor: pre-emphasis power response times ``power_scale``."""
+    freqs = np.fft.rfftfreq(features.n_fft, d=1.0 / features.sample_rate)
+    response = 1.0 - mn.preemphasis * np.exp(-2j * np.pi * freqs / mn.preemphasis_rate)
+    return (response.real ** 2 + response.imag ** 2) * mn.power_scale
+
+
+def mn_filterbank(features: FeatureParams, mn: MnParams) -> np.ndarray:
+    """The mel matrix on this model's bins, ``[n_mels, 1 + n_fft // 2]`` (no gains)."""
+    grid = kaldi_mel_filterbank(features.n_mels, mn.mel_n_fft, mn.mel_rate,
+                                mn.mel_fmin, mn.mel_fmax)
+    n_bins = features.n_fft // 2 + 1
+    out = np.zeros((features.n_mels, n_bins))
+    shared = min(n_bins, grid.shape[1])
+    out[:, :shared] = grid[:, :shared]
+    return out
+
+
+class FrontEnd:
+    """Frames -> model features: window, power spectrum, mel matrix, logarithm.
+
+    Subclasses set ``window`` (``[n_fft]``), ``mel_t`` (``[bins, n_mels]``) and
+    ``floor`` (the value of digital silence) and implement :meth:`_finish`, the
+    in-place logarithm shared by the batch and the streaming path.
+    """
+
+    kind = ""
+    params: FeatureParams
+    window: np.ndarray
+    mel_t: np.ndarray
+    floor: float
+
+    def _finish(self, mel: np.ndarray, out: np.ndarray) -> None:
+        """``mel`` (float64, may be overwritten) -> ``out`` (float32), same shape."""
+        raise NotImplementedError
+
+    def frames_to_features(self, frames: np.ndarray) -> np.ndarray:
+        """``frames``: ``[n, n_fft]`` float -> ``[n, n_mels]`` float32."""
         spectrum = np.fft.rfft(frames * self.window, n=self.params.n_fft, axis=-1)
         power = spectrum.real ** 2 + spectrum.imag ** 2
         mel = power @ self.mel_t
-        return (10.0 * np.log10(np.maximum(mel, AMIN))).astype(np.float32)
+        out = np.empty(mel.shape, dtype=np.float32)
+        self._finish(mel, out)
+        return out
+
+    frames_to_logmel = frames_to_features
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         """Whole signal -> ``[frames, n_mels]`` (``center=False`` framing)."""
@@ -149,7 +385,72 @@ class LogMel:
             return np.zeros((0, self.params.n_mels), dtype=np.float32)
         frames = np.lib.stride_tricks.sliding_window_view(
             audio, self.params.n_fft)[::self.params.hop_length][:n_frames]
-        return self.frames_to_logmel(frames)
+        return self.frames_to_features(frames)
+
+    def stream(self) -> "StreamingFrontEnd":
+        """A new streaming instance of this front end (own buffers, same tables)."""
+        return StreamingFrontEnd(self)
+
+
+class LogMel(FrontEnd):
+    """``logmel_db``: Hann, slaney mel, ``10 log10(max(mel, AMIN))``."""
+
+    kind = "logmel_db"
+    floor = 10.0 * float(np.log10(AMIN))
+
+    def __init__(self, params: FeatureParams):
+        self.params = params
+        self.window = hann_window(params)
+        # Transposed once so each call is a single [frames, bins] @ [bins, mels] product.
+        self.mel_t = np.ascontiguousarray(mel_filterbank(params).T)
+
+    def _finish(self, mel: np.ndarray, out: np.ndarray) -> None:
+        np.maximum(mel, AMIN, out=mel)
+        np.log10(mel, out=mel)
+        np.multiply(mel, 10.0, out=out, casting="same_kind")
+
+
+class MnLogMel(FrontEnd):
+    """``mn_logmel``: the EfficientAT front end's equivalent at ``params.sample_rate``.
+
+    Output is ``ln(mel + log_offset)``; the network's ``(x + 4.5) / 5`` is the
+    model's ``normalization`` metadata, applied by the classifier like any other.
+    """
+
+    kind = "mn_logmel"
+
+    def __init__(self, params: FeatureParams, mn: MnParams = MN04_PARAMS):
+        mn.check_against(params)
+        self.params = params
+        self.mn = mn
+        self.window = mn_window(params, mn)
+        # pre-emphasis and power scale are per-bin factors: folded into the matrix
+        weights = mn_filterbank(params, mn) * mn_bin_gains(params, mn)[None, :]
+        self.mel_t = np.ascontiguousarray(weights.T)
+        self.floor = float(np.log(mn.log_offset))
+        self._offset = float(mn.log_offset)
+
+    def _finish(self, mel: np.ndarray, out: np.ndarray) -> None:
+        np.add(mel, self._offset, out=mel)
+        np.log(mel, out=out, casting="same_kind")
+
+
+def make_frontend(meta) -> FrontEnd:
+    """The front end a model was trained on, from its metadata (a
+    :class:`~detector.metadata.ModelMetadata` or anything with ``feature``,
+    ``features`` and ``feature_params``). Batch: ``fe(audio)``; streaming: ``fe.stream()``.
+    """
+    return build_frontend(meta.feature, meta.features, getattr(meta, "feature_params", None))
+
+
+def build_frontend(kind: str, features: FeatureParams,
+                   feature_params: MnParams | None = None) -> FrontEnd:
+    """:func:`make_frontend` from its parts; an unknown kind is a :class:`ConfigError`."""
+    if kind == "logmel_db":
+        return LogMel(features)
+    if kind == "mn_logmel":
+        return MnLogMel(features, feature_params if feature_params is not None else MN04_PARAMS)
+    raise ConfigError(f"feature={kind!r} is not supported (expected one of {FEATURE_KINDS})")
 
 
 def logmel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -157,26 +458,29 @@ def logmel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     return LogMel(params)(audio)
 
 
-class StreamingLogMel:
-    """Incremental log-mel: push blocks of any size, get the new columns.
+class StreamingFrontEnd:
+    """Incremental front end: push blocks of any size, get the new columns.
 
     Keeps at most ``n_fft - 1 + hop_length`` pending samples; each call
     transforms only the frames that became complete, so the cost per sample is
-    constant and the output equals :func:`logmel` of the concatenated input.
+    constant and the output equals the batch front end on the concatenated input.
 
     The per-block work runs in preallocated buffers (pending samples, windowed
     frames, spectrum, power, mel) that grow only when a larger block arrives, so
     a steady stream of equal blocks allocates nothing but the returned columns.
-    The arithmetic is the same as :meth:`LogMel.frames_to_logmel` (same
-    operations in the same order and precision), so the columns are bit-identical
-    to it on the same frames.
+    The arithmetic is the same as :meth:`FrontEnd.frames_to_features` (same
+    operations in the same order and precision, the same ``_finish``), so the
+    columns are bit-identical to it on the same frames.
     """
 
-    def __init__(self, params: FeatureParams):
+    def __init__(self, frontend: FrontEnd):
+        params = frontend.params
         self.params = params
-        self._logmel = LogMel(params)
-        self._window = self._logmel.window
-        self._mel_t = self._logmel.mel_t
+        self.frontend = frontend
+        self._logmel = frontend
+        self._window = frontend.window
+        self._mel_t = frontend.mel_t
+        self._finish = frontend._finish
         self._n_bins = params.n_fft // 2 + 1
         self._empty = np.zeros((0, params.n_mels), dtype=np.float32)
         self._buf = np.zeros(0, dtype=np.float64)
@@ -184,6 +488,11 @@ class StreamingLogMel:
         self._rows = 0  # frames the per-frame buffers hold
         self.columns_out = 0
         self._ensure(params.n_fft - 1 + params.hop_length + params.sample_rate // 10)
+
+    @property
+    def floor(self) -> float:
+        """Feature value of digital silence."""
+        return self.frontend.floor
 
     def _ensure(self, n_samples: int) -> None:
         """Room for ``n_samples`` pending samples and the frames they can complete."""
@@ -246,16 +555,21 @@ class StreamingLogMel:
         np.multiply(spec.imag, spec.imag, out=im2)
         np.add(power, im2, out=power)
         mel = np.matmul(power, self._mel_t, out=self._mel[:n_frames])
-        np.maximum(mel, AMIN, out=mel)
-        np.log10(mel, out=mel)
         out = np.empty((n_frames, p.n_mels), dtype=np.float32)
-        np.multiply(mel, 10.0, out=out, casting="same_kind")
+        self._finish(mel, out)
         consumed = n_frames * hop
         rest = end - consumed
         self._buf[:rest] = self._buf[consumed:end]
         self._n = rest
         self.columns_out += n_frames
         return out
+
+
+class StreamingLogMel(StreamingFrontEnd):
+    """Streaming ``logmel_db`` (:class:`StreamingFrontEnd` of :class:`LogMel`)."""
+
+    def __init__(self, params: FeatureParams):
+        super().__init__(LogMel(params))
 
 
 def _rfft_out(frames: np.ndarray, n_fft: int, out: np.ndarray) -> np.ndarray:

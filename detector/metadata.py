@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError, ModelError
-from .features import FeatureParams
+from .features import FEATURE_KINDS, FeatureParams, MnParams
 
 REQUIRED_KEYS = (
     "labels", "sample_rate", "n_fft", "hop_length", "win_length", "n_mels",
     "fmin", "fmax", "window_seconds", "feature", "normalization",
     "model_version", "trained_on", "license_note",
 )
-OPTIONAL_KEYS = ("input_layout", "thresholds", "background_labels", "window_hop_seconds")
-SUPPORTED_FEATURES = ("logmel_db",)
+OPTIONAL_KEYS = ("input_layout", "thresholds", "background_labels", "window_hop_seconds",
+                 "feature_params")
+SUPPORTED_FEATURES = FEATURE_KINDS
 SUPPORTED_LAYOUTS = ("NTMC",)  # [batch, frames, n_mels, 1]
 
 
@@ -42,7 +43,12 @@ class ModelMetadata:
     license_note: str
     """License of the training data / model."""
     feature: str = "logmel_db"
-    """Feature type; only ``logmel_db`` is defined."""
+    """Front end kind (:data:`SUPPORTED_FEATURES`): ``logmel_db`` (slaney mel, dB) or
+    ``mn_logmel`` (the EfficientAT front end's equivalent, see ``feature_params``)."""
+    feature_params: MnParams | None = None
+    """Parameters of the ``mn_logmel`` front end (metadata key ``feature_params``, a
+    JSON object with every :class:`~detector.features.MnParams` field); None for
+    ``logmel_db``, whose parameters are the top-level keys alone."""
     normalization: Mapping[str, float] | None = None
     """``{"mean": m, "std": s}`` applied as ``(x - m) / s`` before the model, or None."""
     input_layout: str = "NTMC"
@@ -60,6 +66,17 @@ class ModelMetadata:
         if self.feature not in SUPPORTED_FEATURES:
             raise ModelError(f"model feature {self.feature!r} is not supported "
                              f"(expected one of {SUPPORTED_FEATURES})")
+        if self.feature == "mn_logmel":
+            if self.feature_params is None:
+                raise ModelError("model metadata feature_params is required for feature "
+                                 "'mn_logmel'")
+            try:
+                self.feature_params.check_against(self.features)
+            except ConfigError as exc:
+                raise ModelError(f"model metadata is inconsistent: {exc}") from None
+        elif self.feature_params is not None:
+            raise ModelError(f"model metadata feature_params is only defined for feature "
+                             f"'mn_logmel', not {self.feature!r}")
         if self.input_layout not in SUPPORTED_LAYOUTS:
             raise ModelError(f"model input_layout {self.input_layout!r} is not supported "
                              f"(expected one of {SUPPORTED_LAYOUTS})")
@@ -114,6 +131,8 @@ class ModelMetadata:
             "background_labels": list(self.background_labels),
             "window_hop_seconds": self.window_hop_seconds,
         }
+        if self.feature_params is not None:
+            values["feature_params"] = self.feature_params.as_dict()
         return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
@@ -142,6 +161,10 @@ class ModelMetadata:
                 optional["background_labels"] = tuple(optional["background_labels"])
             if optional.get("thresholds") is None:
                 optional.pop("thresholds", None)
+            if optional.get("feature_params") is None:
+                optional.pop("feature_params", None)
+            elif values["feature"] == "mn_logmel":
+                optional["feature_params"] = MnParams.from_dict(optional["feature_params"])
             return cls(labels=tuple(str(x) for x in values["labels"]), features=features,
                        window_seconds=float(values["window_seconds"]),
                        feature=str(values["feature"]),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .errors import ConfigError, ModelError
+from .features import make_frontend
 from .metadata import ModelMetadata
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -150,8 +151,8 @@ class Classifier:
 
         started = time.perf_counter()
         try:
-            scores = self.predict(np.full((meta.frames, meta.features.n_mels), -100.0,
-                                          dtype=np.float32))
+            scores = self.predict(np.full((meta.frames, meta.features.n_mels),
+                                          make_frontend(meta).floor, dtype=np.float32))
         except ModelError:
             raise
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""Wiring: source -> streaming log-mel -> window ring -> classifier -> tracker -> sinks.
+"""Wiring: source -> streaming front end -> window ring -> classifier -> tracker -> sinks.
 
 One worker thread does everything after capture (capture has its own PortAudio
 thread and queue). It stops on :meth:`Pipeline.stop` (SIGTERM/SIGINT in the
@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import ConfigError, DetectorError
 from .events import EventTracker
-from .features import StreamingLogMel
+from .features import make_frontend
 from .sink import Sink
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,7 +155,8 @@ class Pipeline:
                                             / self.params.hop_length)))
         self.hop_seconds = self.hop_columns * self.params.hop_length / self.params.sample_rate
         self.window_span = self.params.samples_for(self.frames)
-        self.logmel = StreamingLogMel(self.params)
+        self.frontend = make_frontend(meta)
+        self.logmel = self.frontend.stream()  # the model's front end, streaming
         # Log-mel columns in a linear buffer: new columns are appended in one copy
         # and a window is a contiguous view of the last ``frames`` rows; when
         # the buffer is full its last ``frames`` rows move to the front (every
@@ -414,7 +415,7 @@ class Pipeline:
 
     def _classify(self, count: int, window: np.ndarray, block_end: float) -> None:
         """Model, level and event tracker for the window ending at column ``count``."""
-        # absolute sample index just past this column's last sample (per StreamingLogMel)
+        # absolute sample index just past this column's last sample (per StreamingFrontEnd)
         col_end = (self._grid_start + self.params.n_fft
                    + (count - 1 - self._grid_columns) * self.params.hop_length)
         now = block_end - (self.samples_in - col_end) / self.params.sample_rate

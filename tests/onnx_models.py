@@ -47,16 +47,18 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from detector.features import FeatureParams, mel_filterbank
+from detector.features import FeatureParams, MnParams, build_frontend
 from detector.metadata import ModelMetadata
 
 DEFAULT_LABELS = ("siren", "dog_bark", "background")
 DEFAULT_BANDS = {"siren": 1000.0, "dog_bark": 3000.0}
 
 
-def band_index(freq_hz: float, params: FeatureParams = FeatureParams()) -> int:
-    """Index of the mel band whose filter weighs the FFT bin nearest ``freq_hz`` most."""
-    fb = mel_filterbank(params)
+def band_index(freq_hz: float, params: FeatureParams = FeatureParams(),
+               feature: str = "logmel_db", feature_params: MnParams | None = None) -> int:
+    """Index of the mel band whose filter weighs the FFT bin nearest ``freq_hz`` most
+    (in the front end ``feature`` builds from ``params`` / ``feature_params``)."""
+    fb = build_frontend(feature, params, feature_params).mel_t.T
     fft_bin = int(round(freq_hz * params.n_fft / params.sample_rate))
     return int(np.argmax(fb[:, fft_bin]))
 
@@ -83,12 +85,17 @@ def make_band_model(
     input_frames: int | str | None = None,
     n_outputs: int | None = None,
     opset: int = 17,
+    feature: str = "logmel_db",
+    feature_params: MnParams | None = None,
 ) -> Path:
     """Write a band-detector ONNX model to ``path`` and return the path.
 
     ``normalization`` (``{"mean": m, "std": s}``) is written into the metadata and
     folded into the weights, so the daemon must apply it for the scores to come
     out as documented above. See the module docstring for the negative-test knobs.
+    ``feature="mn_logmel"`` (with ``features=MN04_FEATURES`` and ``feature_params``)
+    builds a model on that front end; its units are natural-log energies, not dB,
+    so pass ``offset_db`` / ``scale_db`` in those units (e.g. 5 and 1).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -105,6 +112,7 @@ def make_band_model(
         model_version=model_version, trained_on="synthetic: tone bands (tests/onnx_models.py)",
         license_note="test model, MIT", normalization=normalization,
         thresholds=dict(thresholds or {}), background_labels=tuple(background_labels),
+        feature=feature, feature_params=feature_params,
         **({"window_hop_seconds": window_hop_seconds} if window_hop_seconds else {}))
     n_mels, frames = features.n_mels, meta.frames
     std = float(normalization["std"]) if normalization else 1.0
@@ -115,7 +123,7 @@ def make_band_model(
     for k, label in enumerate(labels[:n_classes]):
         if label in bands:
             column = -np.full(n_mels, 1.0 / n_mels)
-            column[band_index(bands[label], features)] += 1.0
+            column[band_index(bands[label], features, feature, feature_params)] += 1.0
             # (x_n[b] - mean x_n) * std = x[b] - mean x: normalisation folded in.
             weights[:, k] = column * std / scale_db
             bias[k] = -offset_db / scale_db
