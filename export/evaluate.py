@@ -3,8 +3,8 @@
 ``python -m export evaluate --model M.onnx --dataset DIR [--folds 3] --json OUT.json``
 
 No TensorFlow: audio is read with :func:`export.audio.load_audio` at the
-model's sample rate, log-mels come from :func:`detector.features.logmel` (the
-daemon's own front end) and scores from onnxruntime. For every clip:
+model's sample rate, log-mels come from :func:`detector.features.make_frontend` (the
+daemon's own front end, of the kind the model's metadata names) and scores from onnxruntime. For every clip:
 
 1. the audio is cropped to its true extent (``end - start`` from the
    UrbanSound8K metadata: copies padded to 4 s by repetition are cut back; the
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import AudioError, ConfigError, DetectorError, ModelError
-from detector.features import LogMel
+from detector.features import make_frontend
 from detector.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class OnnxScorer:
             raise ModelError(f"model {self.path} input has {n_mels} mel bands but its metadata "
                              f"says n_mels={self.meta.features.n_mels}")
         self.batch_fixed = isinstance(shape[0], int)
-        self.logmel = LogMel(self.meta.features)
+        self.logmel = make_frontend(self.meta)  # the front end the model names
         norm = self.meta.normalization
         self._mean = float(norm["mean"]) if norm else 0.0
         self._std = float(norm["std"]) if norm else 1.0

@@ -52,3 +52,14 @@ def test_scaleout_tiny(tmp_path, mosquitto):
     assert fleet["events_produced"] >= 2  # the siren in the first 7 s, on each node
     assert fleet["events_delivered"] == fleet["events_produced"]
     assert fleet["produced_not_delivered"] == 0
+
+
+def test_frontend_cost_tiny(tmp_path):
+    run("frontend_cost.py", "--seconds", "2", "--rounds", "1", "--name", "tiny",
+        "--out", str(tmp_path))
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    rows = result["frontends"]
+    assert set(rows) == {"logmel_db", "mn_logmel"}
+    assert rows["mn_logmel"]["n_mels"] == 128 and rows["mn_logmel"]["columns"] == 1 + (32000 - 512) // 160
+    assert all(r["cpu_ms_per_audio_second_median"] > 0 for r in rows.values())
+    assert "| `mn_logmel` |" in (tmp_path / "tiny.md").read_text()

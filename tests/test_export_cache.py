@@ -60,3 +60,23 @@ def test_load_features_names_missing_file(tmp_path):
         load_features(clips, FeatureParams(), tmp_path / "cache", progress=False)
     (feat,) = load_features(clips[:1], FeatureParams(), None, progress=False)
     assert feat.shape == (FeatureParams().frames_for(8000), 64)
+
+
+def test_mn_logmel_front_end_is_cached_under_its_own_key(tmp_path):
+    from dataclasses import replace
+
+    from detector.features import MN04_FEATURES, MN04_PARAMS, MnLogMel
+
+    wav = tmp_path / "a.wav"
+    write_tone(wav, 1000)
+    cache = tmp_path / "cache"
+    mn = MnLogMel(MN04_FEATURES, MN04_PARAMS)
+    first = clip_logmel(wav, mn, cache)
+    np.testing.assert_array_equal(first, mn(sf.read(wav, dtype="float32")[0]))
+    np.testing.assert_array_equal(clip_logmel(wav, mn, cache), first)  # a hit
+    other = MnLogMel(MN04_FEATURES, replace(MN04_PARAMS, preemphasis=0.0))
+    keys = {cache_key(wav, mn), cache_key(wav, other), cache_key(wav, FeatureParams()),
+            cache_key(wav, MN04_FEATURES)}
+    assert len(keys) == 4
+    assert not np.array_equal(clip_logmel(wav, other, cache), first)
+    assert len(list(cache.glob("*.npy"))) == 2

@@ -219,3 +219,18 @@ def test_black_box_python_m_export_evaluate(model, us8k, tmp_path):
                          cwd=repo, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error:") and "fold" in bad.stderr
+
+
+def test_scorer_computes_the_front_end_the_model_names(tmp_path):
+    from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS, MnLogMel
+
+    path = make_band_model(tmp_path / "mn.onnx", features=MN04_FEATURES, feature="mn_logmel",
+                           feature_params=MN04_PARAMS, normalization=MN04_NORMALIZATION,
+                           offset_db=5.0, scale_db=1.0)
+    scorer = ev.OnnxScorer(path)
+    audio = tone_signal([(0.0, 2.0, 1000.0)], seconds=2.0)
+    windows = scorer.windows(audio, hop_frames=25)
+    mel = MnLogMel(MN04_FEATURES, MN04_PARAMS)(audio)
+    np.testing.assert_array_equal(windows[0], mel[:scorer.meta.frames])
+    scores = scorer.scores(windows)
+    assert scores[:, 0].min() > 0.9 and scores[:, 1].max() < 0.1  # siren band, not dog_bark
