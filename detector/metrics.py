@@ -186,6 +186,13 @@ class Registry:
                                       "1 while the audio input is open, 0 while it is lost.")
         self.mqtt_connected = Gauge("sound_detector_mqtt_connected",
                                     "1 while connected to the MQTT broker.")
+        self.mqtt_problems = Counter(
+            "sound_detector_mqtt_problems_total",
+            "Failed MQTT connection attempts and silent-broker incidents, by reason "
+            "(unreachable, tls, closed, refused, auth, no_puback).", ("reason",))
+        self.mqtt_unacked_seconds = Gauge(
+            "sound_detector_mqtt_unacked_seconds",
+            "Age of the message waiting for the broker's PUBACK (0 when none).")
         self.outbox = Gauge("sound_detector_outbox_messages",
                             "MQTT messages waiting for delivery (events and state).")
         self.outbox_dropped = Gauge("sound_detector_outbox_dropped_total",

@@ -21,7 +21,9 @@ import collections
 import json
 import logging
 import math
+import socket
 import ssl
+import sys
 import threading
 import time
 from pathlib import Path
@@ -47,8 +49,37 @@ MESSAGES_PER_EVENT = 3
 """Outbox messages per event: ``events``, ``<label>/event`` and ``<label>/state``."""
 FLUSH_SECONDS = 5.0
 """At shutdown, how long to wait for queued messages to reach a connected broker."""
+PROBLEM_REPEAT_SECONDS = 300.0
+"""A connection problem that persists is logged again at most this often."""
+ACK_TIMEOUT_SECONDS = 10.0
+"""A connected broker that has not acknowledged a message for this long is reported."""
 CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST = 60.0, 5
 """Rejected ``…/set`` messages: at most this many warning lines per period."""
+
+
+def _connect_failure(exc: BaseException | None, tls: bool) -> tuple[str, str]:
+    """``(kind, reason)`` of a failed connection attempt, for one log line."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls", (f"failed the TLS handshake: certificate check failed "
+                       f"({exc.verify_message or exc}); "
+                       "check mqtt.ca_file, and that mqtt.host matches the broker certificate")
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        return "tls", (f"failed the TLS handshake ({reason}); is it a TLS listener, and does "
+                       "it want a client certificate (mqtt.cert_file, mqtt.key_file)?")
+    if isinstance(exc, ConnectionRefusedError):
+        return "unreachable", "is unreachable (TCP connection refused: nothing listens there?)"
+    if isinstance(exc, socket.gaierror):
+        return "unreachable", f"cannot be resolved ({exc.strerror or exc}); check mqtt.host"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "unreachable", "did not answer (connection timed out)"
+    if isinstance(exc, OSError):
+        return "unreachable", f"is unreachable ({exc.strerror or exc})"
+    why = "is unreachable"
+    if tls:
+        why += " or rejected the TLS handshake (check mqtt.ca_file, and that mqtt.host matches " \
+               "the broker certificate)"
+    return "unreachable", why
 
 
 def _short_topic(topic: str, limit: int = 80) -> str:
@@ -64,9 +95,11 @@ class MqttSink(Sink):
     """Publishes events, state, level and discovery; receives runtime control."""
 
     def __init__(self, settings, on_control: Callable[[dict], None] | None = None,
-                 password: str | None = None):
+                 password: str | None = None, on_state: Callable[[str], None] | None = None):
         self.settings = settings
         self.on_control = on_control
+        self.on_state = on_state
+        """Called (from paho's thread) with ``"connected"`` or the current problem."""
         # validated by MqttConfig (no '/', '+', '#'); Home Assistant ids use topic_safe()
         self.node_id = (settings.node_id or getattr(settings, "resolved_node_id", None)
                         or "sound-detector")
@@ -80,7 +113,16 @@ class MqttSink(Sink):
         self._stop = threading.Event()
         self._started = False
         self._ever_connected = False
-        self._fail_reason: str | None = None
+        self._problem: str | None = None  # the current connection problem, None when fine
+        self._problem_kind = ""
+        self._problem_key = ""
+        self._problem_since = 0.0
+        self._problem_logged = 0.0
+        self._problem_repeats = 0
+        self._problem_lock = threading.Lock()
+        self._last_paho_error = ""
+        self._refused = False
+        self._unacked_since: float | None = None
         self._acked: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._ack_cond = threading.Condition()
         self._retained_lock = threading.Lock()
@@ -136,9 +178,11 @@ class MqttSink(Sink):
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.client.on_log = self._on_log
         REGISTRY.mqtt_connected.set_function(lambda: 1.0 if self._connected.is_set() else 0.0)
         REGISTRY.outbox.set_function(lambda: float(len(self.outbox)))
         REGISTRY.outbox_dropped.set_function(lambda: float(self.outbox.dropped))
+        REGISTRY.mqtt_unacked_seconds.set_function(self._unacked_seconds)
         REGISTRY.outbox_undeliverable.set_function(lambda: float(self.outbox.set_aside_count))
 
     # -- topics -------------------------------------------------------------
@@ -264,12 +308,13 @@ class MqttSink(Sink):
         if reason_code.is_failure:
             # Frigate marks itself connected here anyway; we wait for the next try.
             reason = str(reason_code)
-            hint = (" (check mqtt.username and the password)"
-                    if "authori" in reason.lower() or "password" in reason.lower() else "")
-            self._log_failure(f"broker {self.settings.host}:{self.settings.port} refused "
-                              f"the connection: {reason}{hint}; retrying")
+            auth = "authori" in reason.lower() or "password" in reason.lower()
+            hint = " (check mqtt.username and the password)" if auth else ""
+            self._refused = True  # the disconnect that follows is this refusal, not news
+            self._report("auth" if auth else "refused",
+                         f"broker {self._where()} refused the connection: {reason}{hint}")
             return
-        self._fail_reason = None
+        self._clear_problem("connected")
         self._ever_connected = True
         logger.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
         client.subscribe([(self._t("set"), 1), (f"{self.settings.discovery_prefix}/status", 1)])
@@ -305,27 +350,100 @@ class MqttSink(Sink):
             self._latest_log.log("MQTT: cannot publish to %s (%s); skipped",
                                 _short_topic(topic), exc)
 
-    def _on_connect_fail(self, client, userdata) -> None:
-        why = "is unreachable"
-        if self.settings.tls:
-            why += (" or rejected the TLS handshake (check mqtt.ca_file, and that mqtt.host "
-                    "matches the broker certificate)")
-        self._log_failure(f"broker {self.settings.host}:{self.settings.port} {why}; "
-                          "retrying (events are queued meanwhile)")
+    def _where(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
 
-    def _log_failure(self, message: str) -> None:
-        if message != self._fail_reason:  # one line per distinct problem, not per retry
-            logger.warning("MQTT: %s", message)
-            self._fail_reason = message
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this inside its ``except OSError`` block: the exception is at hand
+        exc = sys.exc_info()[1]
+        kind, why = _connect_failure(exc, bool(self.settings.tls))
+        self._report(kind, f"broker {self._where()} {why}", key=f"{kind}:{type(exc).__name__}")
+
+    def _on_log(self, client, userdata, level, buf) -> None:
+        if level in (paho.MQTT_LOG_ERR, paho.MQTT_LOG_WARNING):
+            self._last_paho_error = str(buf)
+
+    def _report(self, kind: str, message: str, count: bool = True,
+                key: str | None = None) -> None:
+        """A connection problem: logged when it starts or changes, then at most every
+        :data:`PROBLEM_REPEAT_SECONDS`; counted in metrics, passed to ``on_state``."""
+        now = time.monotonic()
+        if count:
+            REGISTRY.mqtt_problems.inc(reason=kind)
+        key = key or message  # the same problem, even if its detail text varies
+        with self._problem_lock:
+            new = key != self._problem_key or self._problem is None
+            self._problem = message
+            if new:
+                self._problem_key, self._problem_kind = key, kind
+                self._problem_since = self._problem_logged = now
+                self._problem_repeats = 0
+                line = None
+            else:
+                self._problem_repeats += 1
+                line = None
+                if now - self._problem_logged >= PROBLEM_REPEAT_SECONDS:
+                    self._problem_logged = now
+                    line = (f"MQTT: still: {message} ({self._problem_repeats + 1} times in "
+                            f"{now - self._problem_since:.0f} s); events are kept and retried")
+        if new:
+            logger.warning("MQTT: %s; retrying (events are kept meanwhile)", message)
+            if self.on_state is not None:
+                self.on_state(message)
+        elif line:
+            logger.warning("%s", line)
         else:
             logger.debug("MQTT: %s", message)
+
+    def _clear_problem(self, state: str, kinds: tuple[str, ...] | None = None) -> None:
+        with self._problem_lock:
+            problem, since = self._problem, self._problem_since
+            if problem is None or (kinds is not None and self._problem_kind not in kinds):
+                problem = None
+            else:
+                kind = self._problem_kind
+                self._problem = None
+                self._problem_kind = ""
+        if problem is not None:
+            logger.info("MQTT: %s %s again after %.0f s of problems (%s)",
+                        "acknowledged by" if state == "acknowledged" else "connected to",
+                        self._where(), time.monotonic() - since, kind)
+        if self.on_state is not None and (problem is not None or state == "connected"):
+            self.on_state("connected")
+
+    @property
+    def problem(self) -> str | None:
+        """The current connection problem (one line), None while all is well."""
+        return self._problem
+
+    def _unacked_seconds(self) -> float:
+        since = self._unacked_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        if was and not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if was:
             logger.warning("MQTT: disconnected from %s:%d (%s); reconnecting",
                            self.settings.host, self.settings.port, reason_code)
+            return
+        if self._refused:
+            self._refused = False
+            return
+        # closed before CONNACK: a TLS/plain mismatch or a refused client certificate
+        detail, self._last_paho_error = self._last_paho_error, ""
+        detail = f" ({detail})" if detail else ""
+        if self.settings.tls:
+            hint = ("does it require a client certificate (mqtt.cert_file, mqtt.key_file), "
+                    "or is it a plain listener (mqtt.tls = false)?")
+            kind = "tls"
+        else:
+            hint = "is it a TLS listener (set mqtt.tls = true and mqtt.ca_file)?"
+            kind = "closed"
+        self._report(kind, f"broker {self._where()} closed the connection before "
+                           f"accepting it{detail}; {hint}", key=f"{kind}:closed")
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._ack_cond:
@@ -412,10 +530,24 @@ class MqttSink(Sink):
                             reason, where, self.outbox.set_aside_count)
 
     def _wait_ack(self, mid: int, qos: int) -> bool:
-        with self._ack_cond:
-            while not self._stop.is_set():
-                if mid in self._acked:
-                    del self._acked[mid]
-                    return True
-                self._ack_cond.wait(0.5)
-        return False
+        self._unacked_since = started = time.monotonic()
+        silent = False
+        try:
+            with self._ack_cond:
+                while not self._stop.is_set():
+                    if mid in self._acked:
+                        del self._acked[mid]
+                        if silent:
+                            self._clear_problem("acknowledged", kinds=("no_puback",))
+                        return True
+                    self._ack_cond.wait(0.5)
+                    waited = time.monotonic() - started
+                    if waited >= ACK_TIMEOUT_SECONDS and self._connected.is_set():
+                        # paho re-sends after a reconnect; until then: say so, keep waiting
+                        self._report("no_puback", f"broker {self._where()} has not "
+                                     f"acknowledged a message for {ACK_TIMEOUT_SECONDS:.0f} s "
+                                     "(hung or overloaded?)", count=not silent)
+                        silent = True
+            return False
+        finally:
+            self._unacked_since = None

@@ -95,12 +95,14 @@ class NotifySink(Sink):
         self._closed = threading.Event()
         self._keeper: threading.Thread | None = None
         self.windows = 0
+        self._base_status = ""
+        self._mqtt_problem: str | None = None
 
     def start(self, labels, model_version):
         if not self.notifier.enabled:
             return
-        self.notifier.send("READY=1", f"STATUS=listening for {len(labels)} labels "
-                           f"(model {model_version})")
+        self._base_status = f"listening for {len(labels)} labels (model {model_version})"
+        self.notifier.send("READY=1", self._status_line())
         self._ping(force=True)
         if self.ping_interval:
             logger.info("systemd watchdog: pinging every %.1f s from the audio loop",
@@ -121,11 +123,24 @@ class NotifySink(Sink):
         if self.notifier.enabled:
             self._ping()
 
+    def _status_line(self) -> str:
+        line = self._base_status
+        if self._mqtt_problem:
+            line += f"; MQTT: {self._mqtt_problem}"
+        return "STATUS=" + line
+
+    def mqtt_state(self, state: str) -> None:
+        """The MQTT sink's ``on_state``: ``"connected"`` or a one-line problem (any thread)."""
+        self._mqtt_problem = None if state == "connected" else " ".join(str(state).split())
+        if self.notifier.enabled and self._base_status:
+            self.notifier.send(self._status_line())
+
     def status(self, key, value):
         if key != "device" or not self.notifier.enabled:
             return
         if value == "lost":
-            self.notifier.send("STATUS=audio device lost; retrying")
+            self._base_status = "audio device lost; retrying"
+            self.notifier.send(self._status_line())
             self._device_lost.set()
             if self.ping_interval and (self._keeper is None or not self._keeper.is_alive()):
                 self._keeper = threading.Thread(target=self._keep_alive, name="watchdog-keeper",
@@ -133,7 +148,8 @@ class NotifySink(Sink):
                 self._keeper.start()
         else:
             self._device_lost.clear()
-            self.notifier.send("STATUS=listening (audio device back)")
+            self._base_status = "listening (audio device back)"
+            self.notifier.send(self._status_line())
 
     def _keep_alive(self) -> None:
         while self._device_lost.is_set() and not self._closed.is_set():

@@ -467,6 +467,7 @@ def build_sinks(config: "Config", sample_rate: int,
     loads paho or an HTTP server it does not use.
     """
     sinks: list[Sink] = []
+    notify = None
     if config.clips.enabled:
         ClipSink = _import("detector.clips", "ClipSink", "clips.enabled")
         sinks.append(ClipSink(config.clips, sample_rate))
@@ -481,10 +482,12 @@ def build_sinks(config: "Config", sample_rate: int,
             logger.warning("NOTIFY_SOCKET is set but detector.notify is missing; "
                            "systemd will not get READY=1")
     else:
-        sinks.append(NotifySink())
+        notify = NotifySink()
+        sinks.append(notify)
     if config.mqtt.enabled:
         MqttSink = _import("detector.mqtt", "MqttSink", "mqtt.enabled")
-        sinks.append(MqttSink(config.mqtt, on_control=on_control))
+        sinks.append(MqttSink(config.mqtt, on_control=on_control,
+                              on_state=notify.mqtt_state if notify is not None else None))
     if config.output.stdout_json if stdout is None else stdout:
         from .stdout_sink import StdoutSink
         sinks.append(StdoutSink())

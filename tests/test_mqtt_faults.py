@@ -125,3 +125,205 @@ def test_an_undeliverable_message_is_set_aside_and_the_rest_flow(mosquitto, sink
             rows = db.execute("SELECT topic, reason FROM undeliverable").fetchall()
         assert len(rows) == 3 and all(len(t) > 65_535 and "too long" in r for t, r in rows)
     rec.close()
+
+
+# -- connection state --------------------------------------------------------------
+
+import getpass  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+from conftest import Mosquitto, free_port, wait_port  # noqa: E402
+import detector.mqtt as mqtt_module  # noqa: E402
+from detector.metrics import REGISTRY  # noqa: E402
+
+
+def _wait(predicate, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+@pytest.fixture(scope="module")
+def tls_brokers(tmp_path_factory):
+    """One Mosquitto, two TLS listeners (server cert for DNS:localhost): ``tls`` without
+    and ``mtls`` with a required client certificate; and a client certificate."""
+    d = tmp_path_factory.mktemp("tls-faults")
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
+    for name in ("server", "client"):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", f"{name}.pem")
+    tls, mtls = free_port(), free_port()
+    tls_files = (f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\n"
+                 f"keyfile {d / 'server.key'}\n")
+    conf = d / "tls.conf"
+    conf.write_text(f"user {getpass.getuser()}\nallow_anonymous true\npersistence false\n"
+                    f"listener {tls} 127.0.0.1\n{tls_files}"
+                    f"listener {mtls} 127.0.0.1\n{tls_files}require_certificate true\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=(d / "broker.log").open("wb"))
+    wait_port(tls)
+    wait_port(mtls)
+    yield {"tls": tls, "mtls": mtls, "ca": str(d / "ca.pem"), "cert": str(d / "client.pem"),
+           "key": str(d / "client.key")}
+    proc.terminate()
+    proc.wait(5)
+
+
+def _problem_lines(caplog, fragment):
+    return [w for w in _warnings(caplog) if fragment in w]
+
+
+def test_plain_client_against_a_tls_listener_says_so(tls_brokers, sinks, caplog):
+    states = []
+    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+        sink = MqttSink(settings(tls_brokers["tls"]), on_state=states.append)
+        sinks.append(sink)
+        before = REGISTRY.mqtt_problems.value(reason="closed")
+        sink.start(["siren"], "v1")
+        assert _wait(lambda: REGISTRY.mqtt_problems.value(reason="closed") >= before + 2, 20)
+    lines = _problem_lines(caplog, "closed the connection before accepting it")
+    assert len(lines) == 1, _warnings(caplog)  # once, not per retry
+    assert "TLS listener" in lines[0] and "mqtt.tls = true" in lines[0]
+    assert not sink.connected and sink.problem and "TLS listener" in sink.problem
+    assert states and "TLS listener" in states[0]
+
+
+def test_mtls_broker_without_a_client_certificate_says_so(tls_brokers, sinks, caplog):
+    common = dict(host="localhost", tls=True, ca_file=tls_brokers["ca"])
+    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+        sink = MqttSink(settings(tls_brokers["mtls"], **common))
+        sinks.append(sink)
+        sink.start(["siren"], "v1")
+        assert _wait(lambda: _problem_lines(caplog, "client certificate"), 20), _warnings(caplog)
+        assert not sink.connected
+        time.sleep(2.5)  # a few retries more
+    assert len(_problem_lines(caplog, "client certificate")) == 1, _warnings(caplog)
+    # the same broker with the client certificate connects: the check can tell them apart
+    good = MqttSink(settings(tls_brokers["mtls"], cert_file=tls_brokers["cert"],
+                             key_file=tls_brokers["key"], **common))
+    sinks.append(good)
+    good.start(["siren"], "v1")
+    assert _wait(lambda: good.connected, 20) and good.problem is None
+
+
+def test_wrong_host_name_is_a_tls_certificate_line(tls_brokers, sinks, caplog):
+    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+        sink = MqttSink(settings(tls_brokers["tls"], tls=True, ca_file=tls_brokers["ca"]))
+        sinks.append(sink)
+        sink.start(["siren"], "v1")  # 127.0.0.1 is not in the certificate
+        assert _wait(lambda: _problem_lines(caplog, "certificate check failed"), 20)
+    line = _problem_lines(caplog, "certificate check failed")[0]
+    assert "mqtt.host" in line and "\n" not in line
+
+
+def test_refused_authentication_is_logged_once_then_at_a_bounded_rate(tmp_path, sinks, caplog,
+                                                                      monkeypatch):
+    monkeypatch.setattr(mqtt_module, "PROBLEM_REPEAT_SECONDS", 2.5)
+    pwfile = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "alice", "right-one"],
+                   check=True, capture_output=True)
+    port = free_port()
+    conf = tmp_path / "auth.conf"
+    conf.write_text(f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\n"
+                    f"allow_anonymous false\npassword_file {pwfile}\npersistence false\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        before = REGISTRY.mqtt_problems.value(reason="auth")
+        with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+            sink = MqttSink(settings(port, username="alice"), password="wrong-one")
+            sinks.append(sink)
+            sink.start(["siren"], "v1")
+            # paho retries after 1, 2, 4 s: attempts at ~0, 1, 3, 7 s
+            assert _wait(lambda: REGISTRY.mqtt_problems.value(reason="auth") >= before + 4, 30)
+        attempts = REGISTRY.mqtt_problems.value(reason="auth") - before
+        lines = _problem_lines(caplog, "refused the connection")
+        assert lines[0].startswith("MQTT: broker") and "mqtt.username" in lines[0]
+        assert "wrong-one" not in caplog.text
+        still = [w for w in lines if w.startswith("MQTT: still:")]
+        assert still, "a persisting problem is repeated"
+        assert len(lines) < attempts, "not one line per retry"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_unreachable_broker_then_recovery_in_notify_status(tmp_path, sinks, caplog):
+    from detector.notify import NotifySink
+
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(20)
+    notify = NotifySink({"NOTIFY_SOCKET": address})
+    port = free_port()
+    with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+        sink = MqttSink(settings(port), on_state=notify.mqtt_state)
+        sinks.append(sink)
+        notify.start(["siren"], "v1")
+        assert sock.recv(4096).decode().startswith("READY=1\nSTATUS=listening for 1 labels")
+        sink.start(["siren"], "v1")
+        status = sock.recv(4096).decode()
+        assert status.startswith("STATUS=listening for 1 labels (model v1); MQTT: broker "
+                                 f"127.0.0.1:{port} is unreachable (TCP connection refused"), status
+        broker = Mosquitto(tmp_path, port=port)
+        try:
+            assert sock.recv(4096).decode() == "STATUS=listening for 1 labels (model v1)"
+            assert sink.connected and sink.problem is None
+        finally:
+            sink.close()
+            sinks.remove(sink)
+            broker.stop()
+    assert len(_problem_lines(caplog, "is unreachable (TCP connection refused")) == 1
+    assert any("connected to 127.0.0.1:%d again after" % port in r.getMessage()
+               and "(unreachable)" in r.getMessage()
+               for r in caplog.records)
+    notify.close()
+    sock.close()
+
+
+def test_silent_broker_is_reported_and_clears(fresh_mosquitto, sinks, caplog, monkeypatch):
+    from mqtt_helpers import make_event
+
+    monkeypatch.setattr(mqtt_module, "ACK_TIMEOUT_SECONDS", 1.0)
+    states = []
+    s = settings(fresh_mosquitto.port, keepalive_seconds=60)
+    sink = MqttSink(s, on_state=states.append)
+    sinks.append(sink)
+    sink.start(["siren"], "v1")
+    assert _wait(lambda: sink.connected and len(sink.outbox) == 0, 20)
+    before = REGISTRY.mqtt_problems.value(reason="no_puback")
+    os.kill(fresh_mosquitto.proc.pid, signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+            sink.event(make_event(0))
+            assert _wait(lambda: _problem_lines(caplog, "has not acknowledged"), 15)
+            assert REGISTRY.mqtt_unacked_seconds.value() >= 1.0
+            time.sleep(1.5)  # still silent: no second line, one incident counted
+            assert len(_problem_lines(caplog, "has not acknowledged")) == 1
+            assert REGISTRY.mqtt_problems.value(reason="no_puback") == before + 1
+            assert "has not acknowledged" in (sink.problem or "")
+        os.kill(fresh_mosquitto.proc.pid, signal.SIGCONT)
+        with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+            assert _wait(lambda: len(sink.outbox) == 0, 20), "delivered once the broker wakes"
+        assert sink.problem is None and states[-1] == "connected"
+        assert REGISTRY.mqtt_unacked_seconds.value() == 0.0
+        assert any("acknowledged by" in r.getMessage() for r in caplog.records)
+    finally:
+        os.kill(fresh_mosquitto.proc.pid, signal.SIGCONT)
