@@ -93,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("devices", parents=[common], help="list audio input devices")
 
+    ha = sub.add_parser("homeassistant", parents=[common],
+                        help="Home Assistant: --remove deletes this node's discovery and "
+                        "retained topics from the broker (the device disappears)")
+    ha.add_argument("--remove", action="store_true", required=True,
+                    help="clear the node's retained discovery configs and topics")
+    ha.add_argument("--config", metavar="PATH",
+                    help="TOML config with the [mqtt] settings (default: built-in defaults)")
+    ha.add_argument("--node-id", metavar="ID",
+                    help="the node to remove (default: mqtt.node_id, else the host name); "
+                    "use the old id after renaming a node")
+
     sub.add_parser("config", parents=[common],
                    help="print a commented example config with every key "
                    "(sound-detector config > config.toml)")
@@ -355,6 +366,21 @@ def cmd_config(args: argparse.Namespace) -> int:  # noqa: ARG001
     return 0
 
 
+def cmd_homeassistant(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .ha_remove import remove_node
+
+    config = load_config(args.config)
+    if not args.debug:
+        setup_logging(config.output.log_level)
+    mqtt = config.mqtt
+    node = args.node_id or mqtt.node_id or mqtt.resolved_node_id
+    counts = remove_node(mqtt, node_id=node)
+    print(f"removed node {node} from {mqtt.host}:{mqtt.port}: {counts['discovery']} Home "
+          f"Assistant discovery config(s), {counts['topics']} retained topic(s)")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_config
 
@@ -386,6 +412,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "replay": cmd_replay, "devices": cmd_devices, "config": cmd_config,
+            "homeassistant": cmd_homeassistant,
             "validate-config": cmd_validate, "analyze": cmd_analyze}
 
 

@@ -120,6 +120,11 @@ class EventTracker:
         return tuple(label for label in self.labels if label not in self.background)
 
     @property
+    def enabled_labels(self) -> tuple[str, ...]:
+        """Event labels that may fire now (``events.labels`` and runtime control)."""
+        return tuple(label for label, st in self._states.items() if st.enabled)
+
+    @property
     def active(self) -> tuple[str, ...]:
         """Labels with a confirmed, open event."""
         return tuple(label for label, st in self._states.items() if st.phase == "active")

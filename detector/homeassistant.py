@@ -20,7 +20,11 @@ template/JSON error for it.
 
 The config messages are retained and re-published whenever Home Assistant
 announces ``online`` on ``<discovery_prefix>/status`` (it forgets non-retained
-discovery when it restarts).
+discovery when it restarts). Only the labels that may fire (``events.labels`` and
+runtime control) get entities; a retained config of this node that is no longer
+wanted (a label switched off or gone from the model, discovery turned off) is
+removed with an empty retained message, which is how Home Assistant deletes an
+entity (:func:`is_own_config` decides what is this node's).
 """
 
 from __future__ import annotations
@@ -112,3 +116,26 @@ def discovery_messages(prefix: str, node_id: str, labels: Iterable[str],
 def event_entity_payload(event: dict) -> str:
     """Payload for ``<prefix>/<label>/event``: the event plus ``event_type``."""
     return json.dumps({"event_type": event["type"], **event}, default=str)
+
+
+def node_config_filter(node_id: str, discovery_prefix: str = "homeassistant") -> str:
+    """Subscription that matches every discovery config of this node, whatever its label."""
+    return f"{discovery_prefix}/+/{topic_safe(node_id)}/+/config"
+
+
+def is_own_config(topic: str, payload: bytes | str, node_id: str,
+                  discovery_prefix: str = "homeassistant") -> bool:
+    """True for a non-empty discovery config that this node published (its topic is
+    under the node and its ``unique_id`` carries the node's prefix); anything else on
+    the broker is never touched."""
+    node = topic_safe(node_id)
+    parts = topic.split("/")
+    if (len(parts) != 5 or parts[0] != discovery_prefix or parts[2] != node
+            or parts[4] != "config" or not payload):
+        return False
+    try:
+        config = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    unique = config.get("unique_id") if isinstance(config, dict) else None
+    return isinstance(unique, str) and unique.startswith(f"sound-detector_{node}_")

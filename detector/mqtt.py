@@ -35,7 +35,8 @@ from . import __version__
 from .control import parse_control
 from .errors import ConfigError, DetectorError
 from .events import iso_utc
-from .homeassistant import discovery_messages, event_entity_payload, topic_names
+from .homeassistant import (discovery_messages, event_entity_payload, is_own_config,
+                            node_config_filter, topic_names)
 from .metrics import REGISTRY
 from .outbox import open_outbox
 from .ratelimit import RateLimitedLog
@@ -105,6 +106,10 @@ class MqttSink(Sink):
                         or "sound-detector")
         self.prefix = f"{settings.base_topic}/{self.node_id}"
         self.labels: tuple[str, ...] = ()
+        self.enabled_labels: tuple[str, ...] | None = None
+        """Labels with Home Assistant entities (None = all of ``labels``); may be set
+        before :meth:`start`, so the first discovery already follows it."""
+        self._wanted_discovery: set[str] = set()
         self.model_version = ""
         self._topics: dict[str, str] = {}
         self._states: dict[str, str] = {}
@@ -198,8 +203,8 @@ class MqttSink(Sink):
         self.labels = tuple(labels)
         self.model_version = str(model_version)
         self._topics = topic_names(self.labels)
-        for label in self.labels:
-            self._set_state(label, "OFF")
+        with self._retained_lock:  # published by every (re)connect, not queued: once each
+            self._states = {label: "OFF" for label in self.labels}
         self._started = True
         self.client.connect_async(self.settings.host, self.settings.port,
                                   keepalive=self.settings.keepalive_seconds)
@@ -211,6 +216,12 @@ class MqttSink(Sink):
                     self.settings.port, self.prefix,
                     "SQLite " + str(self.settings.queue_path) if self.settings.queue_path
                     else "in-memory")
+
+    def labels_enabled(self, labels: Sequence[str]) -> None:
+        with self._retained_lock:
+            self.enabled_labels = tuple(labels)
+        if self._connected.is_set():  # otherwise the next (re)connect publishes it
+            self._publish_discovery(self.client)
 
     def event(self, event: Mapping) -> None:
         label = event.get("label")
@@ -317,7 +328,8 @@ class MqttSink(Sink):
         self._clear_problem("connected")
         self._ever_connected = True
         logger.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
-        client.subscribe([(self._t("set"), 1), (f"{self.settings.discovery_prefix}/status", 1)])
+        client.subscribe([(self._t("set"), 1), (f"{self.settings.discovery_prefix}/status", 1),
+                          (node_config_filter(self.node_id, self.settings.discovery_prefix), 1)])
         client.publish(self._t("status"), "online", qos=1, retain=True)
         self._publish_retained(client)
         self._connected.set()
@@ -334,12 +346,41 @@ class MqttSink(Sink):
         self._publish_discovery(client)
 
     def _publish_discovery(self, client) -> None:
-        if not self.settings.homeassistant_discovery or not self.labels:
+        """Configs of the enabled labels; empty retained configs (Home Assistant deletes
+        the entity) for the model's other labels. Older configs of this node that are
+        not wanted any more arrive through the node's config subscription and are
+        cleared in :meth:`_on_message`."""
+        if not self.labels:
             return
-        for topic, payload in discovery_messages(
-                self.prefix, self.node_id, self.labels, self.model_version, __version__,
-                self.settings.discovery_prefix):
+        with self._retained_lock:
+            if not self.settings.homeassistant_discovery:
+                self._wanted_discovery = set()
+                return
+            enabled = (self.labels if self.enabled_labels is None else
+                       [label for label in self.labels if label in set(self.enabled_labels)])
+            messages = discovery_messages(self.prefix, self.node_id, enabled,
+                                          self.model_version, __version__,
+                                          self.settings.discovery_prefix)
+            every = discovery_messages(self.prefix, self.node_id, self.labels,
+                                       self.model_version, __version__,
+                                       self.settings.discovery_prefix)
+            self._wanted_discovery = wanted = {topic for topic, _ in messages}
+        for topic, payload in messages:
             self._publish_latest(client, topic, payload)
+        for topic, _ in every:
+            if topic not in wanted:
+                self._publish_latest(client, topic, b"")
+
+    def _clear_stale_config(self, client, topic: str, payload: bytes) -> None:
+        """A retained config of this node that nothing publishes any more (a label
+        switched off or gone from the model, or discovery turned off): delete it."""
+        if not is_own_config(topic, payload, self.node_id, self.settings.discovery_prefix):
+            return
+        with self._retained_lock:
+            if topic in self._wanted_discovery:
+                return
+        logger.info("MQTT: removing stale Home Assistant discovery %s", topic)
+        self._publish_latest(client, topic, b"")
 
     def _publish_latest(self, client, topic: str, payload) -> None:
         """Publish a retained latest value; one paho refuses (a topic too long) is logged,
@@ -458,6 +499,9 @@ class MqttSink(Sink):
                 if message.payload.strip().lower() == b"online":
                     logger.info("MQTT: Home Assistant is online; re-sending discovery")
                     self._publish_discovery(client)
+                return
+            if message.topic.endswith("/config"):
+                self._clear_stale_config(client, message.topic, message.payload)
                 return
             if message.topic == self._t("set"):
                 if message.retain:

@@ -251,6 +251,8 @@ class Pipeline:
                      self.window_span / self.params.sample_rate, self.hop_columns,
                      self.hop_seconds, "live" if self.live else "stream",
                      ", ".join(type(s).__name__ for s in self.sinks.sinks) or "none")
+        # enabled labels first, so the first discovery a sink publishes already follows them
+        self.sinks.call("labels_enabled", self.tracker.enabled_labels)
         self.sinks.call("start", self.tracker.event_labels, self.meta.model_version)
         now = time.time()
         try:
@@ -326,6 +328,8 @@ class Pipeline:
                 on, off = self.tracker.thresholds(label)
                 logger.info("control: %s enabled=%s on=%.3f off=%.3f", label,
                             self.tracker.is_enabled(label), on, off)
+            if any("enabled" in change for change in changes.values()):
+                self.sinks.call("labels_enabled", self.tracker.enabled_labels)
         except (DetectorError, AttributeError, TypeError, ValueError) as exc:
             logger.warning("control command ignored: %s", exc)
 

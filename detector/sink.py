@@ -27,6 +27,10 @@ class Sink:
     def start(self, labels: Sequence[str], model_version: str) -> None:
         """Called once before audio flows, with the labels that can fire."""
 
+    def labels_enabled(self, labels: Sequence[str]) -> None:
+        """The labels that may fire now (a subset of ``start``'s): called right before
+        ``start`` and whenever runtime control enables or disables a label."""
+
     def event(self, event: Mapping) -> None:
         """A start or end event (contract payload)."""
 

@@ -5,17 +5,20 @@
 #   sudo bash scripts/uninstall.sh --purge   # also deletes config, credential, queue, clips
 #
 # Options: --purge, --no-systemd (do not call systemctl), --prefix DIR (staging root
-# used with install.sh --prefix; implies --no-systemd unless DIR is /).
+# used with install.sh --prefix; implies --no-systemd unless DIR is /),
+# --keep-homeassistant (do not remove the node's Home Assistant device and retained
+# MQTT topics from the broker; by default `sound-detector homeassistant --remove` runs).
 set -euo pipefail
 
-PREFIX=/ PURGE=0 SYSTEMD=1
+PREFIX=/ PURGE=0 SYSTEMD=1 HA_REMOVE=1
 die() { echo "uninstall.sh: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) [ $# -ge 2 ] || die "--prefix needs a value"; PREFIX="$2"; shift 2 ;;
     --purge) PURGE=1; shift ;;
     --no-systemd) SYSTEMD=0; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --keep-homeassistant) HA_REMOVE=0; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -33,14 +36,29 @@ rm -f "$UNIT"
 if [ "$SYSTEMD" -eq 1 ] && command -v systemctl >/dev/null; then
   systemctl daemon-reload || true
 fi
+
+# With the service stopped (it would publish again), remove the node from the broker:
+# its Home Assistant discovery (the device disappears) and its retained topics.
+BIN="$PREFIX/opt/sound-detector/venv/bin/sound-detector"
+CONF="$PREFIX/etc/sound-detector/config.toml"
+if [ "$HA_REMOVE" -eq 1 ] && [ -x "$BIN" ] && [ -f "$CONF" ]; then
+  if grep -Eq '^[[:space:]]*enabled[[:space:]]*=[[:space:]]*true' <(sed -n '/^\[mqtt\]/,/^\[/p' "$CONF"); then
+    # the credential install.sh wrote is read as systemd would hand it to the service
+    if ! CREDENTIALS_DIRECTORY="$PREFIX/etc/sound-detector" "$BIN" homeassistant --remove --config "$CONF"; then
+      echo "uninstall.sh: warning: could not remove the node from the broker (see above);" \
+           "run 'sound-detector homeassistant --remove --config FILE' later" >&2
+    fi
+  fi
+fi
+
 rm -rf "$PREFIX/opt/sound-detector"
-echo "removed the service and /opt/sound-detector"
+echo "removed the service ($UNIT) and $PREFIX/opt/sound-detector"
 
 if [ "$PURGE" -eq 1 ]; then
   # DynamicUser= keeps the state in /var/lib/private/sound-detector behind a symlink
   rm -rf "$PREFIX/etc/sound-detector" "$PREFIX/var/lib/sound-detector" \
          "$PREFIX/var/lib/private/sound-detector"
-  echo "purged /etc/sound-detector and /var/lib/sound-detector (config, credential, queue, clips)"
+  echo "purged $PREFIX/etc/sound-detector and $PREFIX/var/lib/sound-detector (config, credential, queue, clips)"
 else
-  echo "kept /etc/sound-detector and /var/lib/sound-detector (use --purge to delete them)"
+  echo "kept $PREFIX/etc/sound-detector and $PREFIX/var/lib/sound-detector (use --purge to delete them)"
 fi

@@ -111,3 +111,28 @@ def make_event(i: int, label: str = "siren", kind: str = "start", node: str = "n
             "end": None if kind == "start" else "2026-01-01T00:00:01.000Z",
             "duration_s": None if kind == "start" else 1.0, "level_dbfs": -20.0,
             "node": node, "model": "test", "seq": i}
+
+
+def retained_all(port: int, topic_filter: str, settle: float = 0.7) -> dict[str, bytes]:
+    """Every non-empty retained message under ``topic_filter`` as a new subscriber sees
+    it: ``{topic: payload}`` (the broker sends them right after the SUBACK)."""
+    got: dict[str, bytes] = {}
+    subscribed = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                         client_id=f"test-retained-{uuid.uuid4().hex[:8]}")
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic_filter, 1)
+    client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+
+    def on_message(c, u, m):
+        if m.retain and m.payload:
+            got[m.topic] = m.payload
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    if not subscribed.wait(10):
+        raise RuntimeError("retained_all: could not subscribe")
+    time.sleep(settle)
+    client.disconnect()
+    client.loop_stop()
+    return got
