@@ -105,3 +105,17 @@ def test_install_sections_make_a_venv_before_pip():
         if "pip install" in block:
             assert block.index("python3 -m venv") < block.index("pip install"), block
     assert "libportaudio2" in install
+
+
+def test_service_password_recipe_writes_a_private_file(tmp_path):
+    """The service page's password line, run as written: mode 600, the password's line."""
+    service = (REPO / "docs" / "service.md").read_text()
+    line = next(l for l in service.splitlines() if "mqtt_password" in l and "read -rsp" in l)
+    result = subprocess.run(["bash", "-c", line], input="s3cret pass\n", text=True,
+                            capture_output=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    written = tmp_path / "mqtt_password"
+    assert written.read_text() == "s3cret pass\n"
+    assert written.stat().st_mode & 0o077 == 0
+    assert "> /tmp/" not in service

@@ -61,15 +61,17 @@ def _analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=120, cwd=cwd)
 
 
-def test_systemd_analyze_verify(tmp_path):
-    # verify checks that ExecStart exists: point it at a real executable, keep the rest
-    text = UNIT.read_text()
-    exe = shutil.which("true")
-    unit = tmp_path / "sound-detector.service"
-    unit.write_text(re.sub(r"^ExecStart=\S+", f"ExecStart={exe}", text, flags=re.M))
-    out = _analyze("verify", str(unit), cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "sound-detector.service" not in out.stderr, out.stderr  # no warnings about it
+def verify_installed_unit(root: Path) -> subprocess.CompletedProcess:
+    """`systemd-analyze verify` of the unit as install.sh wrote it into the staging root
+    ``root``: ExecStart, the credential and every path are resolved inside ``root``. The
+    distribution's own units (sysinit.target, …) are copied in, as a real root has them."""
+    system_units = Path("/usr/lib/systemd/system")
+    if not system_units.is_dir():
+        pytest.skip("no /usr/lib/systemd/system to complete the staging root")
+    dest = root / "usr/lib/systemd/system"
+    if not dest.exists():
+        shutil.copytree(system_units, dest, symlinks=True)
+    return _analyze("verify", f"--root={root}", "sound-detector.service", cwd=root)
 
 
 def test_security_exposure_is_low(tmp_path):
@@ -116,7 +118,7 @@ def outer_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_install_and_uninstall_into_a_staging_root(source_copy, tmp_path):
+def test_install_and_uninstall_into_a_staging_root(source_copy, tmp_path, mosquitto):
     root = tmp_path / "root"
     password = tmp_path / "pw"
     password.write_text("broker-secret\n")
@@ -173,8 +175,40 @@ def test_install_and_uninstall_into_a_staging_root(source_copy, tmp_path):
     assert load_config(conf, env={}).mqtt.host == "edited.lan"
     assert cred.read_text() == "broker-secret\n"
 
+    # the installed unit passes systemd-analyze verify as written (ExecStart is the
+    # staged venv's sound-detector), and verify really checks it: without it, it fails
+    verified = verify_installed_unit(root)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "sound-detector.service" not in verified.stderr, verified.stderr  # no warnings
+    exe.rename(exe.with_name("moved"))
+    broken = verify_installed_unit(root)
+    assert broken.returncode != 0 and "is not executable" in broken.stderr, broken.stderr
+    exe.with_name("moved").rename(exe)
+
+    # uninstall removes the node from the broker (Home Assistant device, retained topics)
+    conf.write_text(conf.read_text().replace('host = "edited.lan"', 'host = "127.0.0.1"')
+                    .replace("port = 1884", f"port = {mosquitto.port}"))
+    from detector.homeassistant import discovery_messages
+    from mqtt_helpers import retained_all
+    import paho.mqtt.client as paho
+
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-stage-publisher")
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    for topic, payload in discovery_messages("sound-detector/garden", "garden", ["siren"],
+                                             "v1", "0.0.1"):
+        pub.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    pub.publish("sound-detector/garden/status", "offline", qos=1, retain=True).wait_for_publish(5)
+    pub.disconnect()
+    pub.loop_stop()
+    assert len(retained_all(mosquitto.port, "homeassistant/+/garden/+/config")) == 3
+
     out = run_script(source_copy / "scripts" / "uninstall.sh", "--prefix", str(root))
     assert out.returncode == 0, out.stderr
+    assert "removed node garden" in out.stdout, out.stdout + out.stderr
+    assert retained_all(mosquitto.port, "homeassistant/+/garden/+/config") == {}
+    assert retained_all(mosquitto.port, "sound-detector/garden/#") == {}
+    assert f"{root}/opt/sound-detector" in out.stdout  # paths as they are, with the prefix
     assert not (root / "opt/sound-detector").exists() and not unit.exists()
     assert conf.exists() and cred.exists(), "config is kept without --purge"
     out = run_script(source_copy / "scripts" / "uninstall.sh", "--prefix", str(root), "--purge")
