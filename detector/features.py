@@ -351,19 +351,22 @@ def mn_filterbank(features: FeatureParams, mn: MnParams) -> np.ndarray:
 class FrontEnd:
     """Frames -> model features: window, power spectrum, mel matrix, logarithm.
 
-    Subclasses set ``window`` (``[n_fft]``), ``mel_t`` (``[bins, n_mels]``) and
-    ``floor`` (the value of digital silence) and implement :meth:`_finish`, the
-    in-place logarithm shared by the batch and the streaming path.
+    Subclasses set ``window`` (``[n_fft]``), ``weights`` (the mel matrix,
+    ``[n_mels, bins]``), ``mel_t`` (the part of it that is multiplied, transposed:
+    ``[bins, k]`` for the first k bands, the others having no weight) and ``floor``
+    (the value of digital silence), and implement :meth:`_finish`, the in-place
+    logarithm shared by the batch and the streaming path.
     """
 
     kind = ""
     params: FeatureParams
     window: np.ndarray
+    weights: np.ndarray
     mel_t: np.ndarray
     floor: float
 
     def _finish(self, mel: np.ndarray, out: np.ndarray) -> None:
-        """``mel`` (float64, may be overwritten) -> ``out`` (float32), same shape."""
+        """``mel`` ``[n, k]`` (float64, may be overwritten) -> ``out`` ``[n, n_mels]`` float32."""
         raise NotImplementedError
 
     def frames_to_features(self, frames: np.ndarray) -> np.ndarray:
@@ -371,7 +374,7 @@ class FrontEnd:
         spectrum = np.fft.rfft(frames * self.window, n=self.params.n_fft, axis=-1)
         power = spectrum.real ** 2 + spectrum.imag ** 2
         mel = power @ self.mel_t
-        out = np.empty(mel.shape, dtype=np.float32)
+        out = np.empty((mel.shape[0], self.params.n_mels), dtype=np.float32)
         self._finish(mel, out)
         return out
 
@@ -401,8 +404,9 @@ class LogMel(FrontEnd):
     def __init__(self, params: FeatureParams):
         self.params = params
         self.window = hann_window(params)
+        self.weights = mel_filterbank(params)
         # Transposed once so each call is a single [frames, bins] @ [bins, mels] product.
-        self.mel_t = np.ascontiguousarray(mel_filterbank(params).T)
+        self.mel_t = np.ascontiguousarray(self.weights.T)
 
     def _finish(self, mel: np.ndarray, out: np.ndarray) -> None:
         np.maximum(mel, AMIN, out=mel)
@@ -425,14 +429,21 @@ class MnLogMel(FrontEnd):
         self.mn = mn
         self.window = mn_window(params, mn)
         # pre-emphasis and power scale are per-bin factors: folded into the matrix
-        weights = mn_filterbank(params, mn) * mn_bin_gains(params, mn)[None, :]
-        self.mel_t = np.ascontiguousarray(weights.T)
+        self.weights = mn_filterbank(params, mn) * mn_bin_gains(params, mn)[None, :]
+        # Bands above sample_rate / 2 (the last ones) get no weight: they are the
+        # floor for any input, so only the first ``k`` bands are multiplied.
+        used = np.flatnonzero(self.weights.any(axis=1))
+        k = int(used[-1]) + 1 if used.size else 0
+        self.mel_t = np.ascontiguousarray(self.weights[:k].T)
         self.floor = float(np.log(mn.log_offset))
         self._offset = float(mn.log_offset)
+        self._k = k
 
     def _finish(self, mel: np.ndarray, out: np.ndarray) -> None:
+        k = self._k
         np.add(mel, self._offset, out=mel)
-        np.log(mel, out=out, casting="same_kind")
+        np.log(mel, out=out[:, :k], casting="same_kind")
+        out[:, k:] = self.floor
 
 
 def make_frontend(meta) -> FrontEnd:
@@ -508,7 +519,7 @@ class StreamingFrontEnd:
             self._spec = np.empty((rows, self._n_bins), dtype=np.complex128)
             self._power = np.empty((rows, self._n_bins), dtype=np.float64)
             self._im2 = np.empty((rows, self._n_bins), dtype=np.float64)
-            self._mel = np.empty((rows, p.n_mels), dtype=np.float64)
+            self._mel = np.empty((rows, self._mel_t.shape[1]), dtype=np.float64)
 
     def reset(self) -> None:
         """Forget buffered audio (e.g. after a device reconnect)."""

@@ -58,7 +58,7 @@ def band_index(freq_hz: float, params: FeatureParams = FeatureParams(),
                feature: str = "logmel_db", feature_params: MnParams | None = None) -> int:
     """Index of the mel band whose filter weighs the FFT bin nearest ``freq_hz`` most
     (in the front end ``feature`` builds from ``params`` / ``feature_params``)."""
-    fb = build_frontend(feature, params, feature_params).mel_t.T
+    fb = build_frontend(feature, params, feature_params).weights
     fft_bin = int(round(freq_hz * params.n_fft / params.sample_rate))
     return int(np.argmax(fb[:, fft_bin]))
 
