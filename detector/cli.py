@@ -1,4 +1,4 @@
-"""Command line: ``sound-detector {run,replay,devices,validate-config,analyze}``.
+"""Command line: ``sound-detector {run,replay,devices,validate-config,analyze,enroll,custom}``.
 
 parse -> load config -> load model -> build sinks -> run the pipeline. Every
 :class:`~detector.errors.DetectorError` becomes one line on stderr
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "`sound-detector config` prints a commented example)")
     model_opts.add_argument("--model", metavar="PATH",
                             help="ONNX model (overrides model.path; default: the shipped model)")
+    model_opts.add_argument("--custom", metavar="DIR",
+                            help="directory of custom labels (overrides model.custom_dir; "
+                            "default: custom/ in the service's state directory)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", parents=[common, model_opts],
@@ -116,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--no-model", action="store_true",
                           help="check the file only, do not load the model")
 
+    from .enrolment import add_enroll_arguments
+
+    enroll = sub.add_parser("enroll", parents=[common, model_opts],
+                            help="teach a custom label from a few clips of the sound "
+                            "(or --record takes); saves <custom dir>/LABEL.npz")
+    add_enroll_arguments(enroll)
+    custom = sub.add_parser("custom", parents=[common],
+                            help="custom labels: `custom list`, `custom remove LABEL`")
+    custom_sub = custom.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (("list", "list the custom labels and what their enrolment measured"),
+                       ("remove", "delete a custom label")):
+        action = custom_sub.add_parser(name, help=text)
+        if name == "remove":
+            action.add_argument("label", metavar="LABEL")
+        action.add_argument("--custom", metavar="DIR",
+                            help="directory of custom labels (default: model.custom_dir, "
+                            "else custom/ in the service's state directory)")
+        action.add_argument("--config", metavar="PATH", help="TOML config")
+        action.add_argument("--debug", action="store_true", help="debug logging")
+
     analyze = sub.add_parser("analyze", parents=[common],
                              help="plots and a feature table for audio files "
                              "(needs the [analysis] extra)")
@@ -130,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, custom: bool = True):
+    """Config and classifier; with ``custom`` the custom labels are attached."""
     from .config import load_config
     from .model import Classifier, check_against_model
 
@@ -146,8 +170,22 @@ def _load(args: argparse.Namespace):
         if not path.is_absolute():
             model_path = str(Path(config.source).resolve().parent / path)
     classifier = Classifier(model_path, config.model.providers, config.model.intra_op_threads)
+    if custom:
+        _attach_custom(args, config, classifier)
     check_against_model(config, classifier.metadata)
     return config, classifier
+
+
+def _attach_custom(args, config, classifier) -> None:
+    from .custom import load_custom_dir, resolve_custom_dir
+
+    directory, explicit = resolve_custom_dir(getattr(args, "custom", None), config)
+    if directory is None:
+        return
+    heads = load_custom_dir(directory, explicit)
+    if len(heads):
+        classifier.attach_custom(heads)
+        logger.info("custom labels from %s: %s", directory, ", ".join(heads.labels))
 
 
 def _install_signals(stop) -> None:
@@ -396,6 +434,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 model_path = str(Path(args.path).resolve().parent / path)
         classifier = Classifier(model_path, config.model.providers,
                                 config.model.intra_op_threads)
+        _attach_custom(args, config, classifier)
         check_against_model(config, classifier.metadata)
         meta = classifier.metadata
         detail = f" (model {meta.model_version}: {len(meta.event_labels)} event labels)"
@@ -411,9 +450,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return int(analysis.run(args) or 0)
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from .enrolment import cmd_enroll as enroll
+
+    return enroll(args, _load)
+
+
+def cmd_custom(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .enrolment import cmd_custom as custom
+
+    return custom(args, lambda a: load_config(a.config))
+
+
 COMMANDS = {"run": cmd_run, "replay": cmd_replay, "devices": cmd_devices, "config": cmd_config,
             "homeassistant": cmd_homeassistant,
-            "validate-config": cmd_validate, "analyze": cmd_analyze}
+            "validate-config": cmd_validate, "analyze": cmd_analyze,
+            "enroll": cmd_enroll, "custom": cmd_custom}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -208,6 +208,8 @@ class ModelConfig(_Section):
     """onnxruntime intra-op threads (1 keeps latency steady on small CPUs; 0 = onnxruntime default)."""
     window_hop_seconds: float | None = _bounded(None, ge=0.02, le=10.0)
     """Seconds between model windows; unset = the model's metadata (default 0.25)."""
+    custom_dir: str | None = None
+    """Directory of custom labels made by `sound-detector enroll` (relative to the config file); unset = custom/ in the service's state directory ($STATE_DIRECTORY), if any."""
 
     def _check(self) -> None:
         if not self.providers:
@@ -215,6 +217,8 @@ class ModelConfig(_Section):
                               "e.g. [\"CPUExecutionProvider\"]")
         if self.path is not None and not self.path.strip():
             raise ConfigError("model.path='' must be a file path; omit it for the shipped model")
+        if self.custom_dir is not None and not self.custom_dir.strip():
+            raise ConfigError("model.custom_dir='' must be a directory; omit it for the default")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ REQUIRED_KEYS = (
     "model_version", "trained_on", "license_note",
 )
 OPTIONAL_KEYS = ("input_layout", "thresholds", "background_labels", "window_hop_seconds",
-                 "feature_params")
+                 "feature_params", "embedding_output", "embedding_dim")
 SUPPORTED_FEATURES = FEATURE_KINDS
 SUPPORTED_LAYOUTS = ("NTMC",)  # [batch, frames, n_mels, 1]
 
@@ -59,6 +59,11 @@ class ModelMetadata:
     """Outputs that model "nothing of interest" and never produce events."""
     window_hop_seconds: float = 0.25
     """Suggested hop between model windows in seconds."""
+    embedding_output: str | None = None
+    """Name of a float32 ``[batch, embedding_dim]`` output holding the window's embedding
+    (what custom labels learn on), or None when the model has none."""
+    embedding_dim: int | None = None
+    """Width of the embedding output (required with ``embedding_output``)."""
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):
@@ -100,6 +105,17 @@ class ModelMetadata:
         unknown = set(self.background_labels) - set(self.labels)
         if unknown:
             raise ModelError(f"model background_labels name unknown labels {sorted(unknown)}")
+        if (self.embedding_output is None) != (self.embedding_dim is None):
+            raise ModelError("model metadata embedding_output and embedding_dim must be "
+                             "given together (or neither)")
+        if self.embedding_output is not None:
+            if not isinstance(self.embedding_output, str) or not self.embedding_output:
+                raise ModelError(f"model embedding_output={self.embedding_output!r} must be "
+                                 "the name of an output")
+            if (isinstance(self.embedding_dim, bool) or not isinstance(self.embedding_dim, int)
+                    or not 1 <= self.embedding_dim <= 65536):
+                raise ModelError(f"model embedding_dim={self.embedding_dim!r} must be an "
+                                 "integer in 1..65536")
 
     @property
     def window_samples(self) -> int:
@@ -133,6 +149,9 @@ class ModelMetadata:
         }
         if self.feature_params is not None:
             values["feature_params"] = self.feature_params.as_dict()
+        if self.embedding_output is not None:
+            values["embedding_output"] = self.embedding_output
+            values["embedding_dim"] = self.embedding_dim
         return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
@@ -165,6 +184,9 @@ class ModelMetadata:
                 optional.pop("feature_params", None)
             elif values["feature"] == "mn_logmel":
                 optional["feature_params"] = MnParams.from_dict(optional["feature_params"])
+            dim = optional.get("embedding_dim")
+            if isinstance(dim, float) and dim.is_integer():
+                optional["embedding_dim"] = int(dim)
             return cls(labels=tuple(str(x) for x in values["labels"]), features=features,
                        window_seconds=float(values["window_seconds"]),
                        feature=str(values["feature"]),

@@ -128,13 +128,33 @@ class Classifier:
                 f"needs float32 {expected}")
         if not outputs:
             raise ModelError(f"{where} has no outputs")
-        out = outputs[0]
+        emb_name = meta.embedding_output
+        score_outputs = [o for o in outputs if o.name != emb_name]
+        if not score_outputs:
+            raise ModelError(f"{where} has no score output besides its embedding {emb_name}")
+        out = score_outputs[0]
         self.output_name = out.name
         oshape = list(out.shape)
         if len(oshape) != 2 or not _dim_ok(oshape[1], len(meta.labels)):
             raise ModelError(f"{where} output {out.name} has shape {oshape}; its metadata "
                              f"names {len(meta.labels)} labels, so expected "
                              f"[batch, {len(meta.labels)}]")
+        self.embedding_name: str | None = None
+        """Name of the embedding output (None: the model has none)."""
+        self.embedding_dim = 0
+        """Width of the embedding (0 without one)."""
+        if emb_name is not None:
+            found = [o for o in outputs if o.name == emb_name]
+            if not found:
+                raise ModelError(f"{where} metadata embedding_output={emb_name!r} names no "
+                                 f"output; its outputs: {', '.join(o.name for o in outputs)}")
+            eshape = list(found[0].shape)
+            if (found[0].type != "tensor(float)" or len(eshape) != 2
+                    or not _dim_ok(eshape[1], meta.embedding_dim)):
+                raise ModelError(f"{where} embedding output {emb_name} is {found[0].type} "
+                                 f"{eshape}; its metadata says float32 "
+                                 f"[batch, {meta.embedding_dim}]")
+            self.embedding_name, self.embedding_dim = emb_name, int(meta.embedding_dim)
         self._fix_symbolic_dims(inp.shape, expected, intra_op_threads, chosen)
         norm = meta.normalization
         self._mean = float(norm["mean"]) if norm else 0.0
@@ -144,9 +164,17 @@ class Classifier:
         self._window_shape = (meta.frames, meta.features.n_mels)
         self._n_labels = len(meta.labels)
         self._normalize = self._std != 1.0 or self._mean != 0.0
-        self._output_names = [self.output_name]
+        self._output_names = [self.output_name] + ([self.embedding_name]
+                                                   if self.embedding_name else [])
         self._feed = {self.input_name: self._input}
-        self._binding, self._output = self._bind_io()
+        self.model_metadata = meta
+        """The model's own metadata (``metadata`` adds the custom labels, if any)."""
+        self.custom = None
+        """Custom heads attached with :meth:`attach_custom` (None: only built-in labels)."""
+        self.embedding = (np.zeros(self.embedding_dim, dtype=np.float32)
+                          if self.embedding_name else None)
+        """The embedding of the last window :meth:`predict` ran on (None without one)."""
+        self._binding, self._output, self._emb_output = self._bind_io()
         self._warned_range = False
 
         started = time.perf_counter()
@@ -197,18 +225,21 @@ class Classifier:
                                                 providers=providers)
 
     def _bind_io(self):
-        """Pre-bound input and output buffers for :meth:`predict`, or ``(None, None)``.
+        """Pre-bound input and output buffers for :meth:`predict`, or ``(None, None, None)``.
 
         The input is an OrtValue over ``self._input`` (CPU memory shared with the
-        numpy array, so filling the array is all a window needs) and the output a
-        preallocated ``[1, n_labels]`` float32 array; each window then skips
-        onnxruntime's per-run feed conversion and output allocation. Only when the
-        session's output shape is exactly ``[1, n_labels]`` float32 (a fixed batch,
-        see :meth:`_fix_symbolic_dims`); otherwise ``session.run`` is used.
+        numpy array, so filling the array is all a window needs) and the outputs
+        preallocated ``[1, n_labels]`` (and ``[1, embedding_dim]``) float32 arrays;
+        each window then skips onnxruntime's per-run feed conversion and output
+        allocation. Only when the session's output shapes are exactly those (a
+        fixed batch, see :meth:`_fix_symbolic_dims`); otherwise ``session.run`` is used.
         """
-        out = self.session.get_outputs()[0]
-        if out.type != "tensor(float)" or list(out.shape) != [1, self._n_labels]:
-            return None, None
+        wanted = {self.output_name: [1, self._n_labels]}
+        if self.embedding_name:
+            wanted[self.embedding_name] = [1, self.embedding_dim]
+        shapes = {o.name: (o.type, list(o.shape)) for o in self.session.get_outputs()}
+        if any(shapes.get(name) != ("tensor(float)", shape) for name, shape in wanted.items()):
+            return None, None, None
         try:
             import onnxruntime as ort
 
@@ -216,20 +247,42 @@ class Classifier:
             # kept referenced: the OrtValue wraps self._input's memory
             self._input_value = ort.OrtValue.ortvalue_from_numpy(self._input)
             binding.bind_ortvalue_input(self.input_name, self._input_value)
-            output = np.zeros((1, self._n_labels), dtype=np.float32)
-            binding.bind_output(self.output_name, "cpu", 0, np.float32, list(output.shape),
-                                output.ctypes.data)
+            arrays = {}
+            for name, shape in wanted.items():
+                arrays[name] = np.zeros(shape, dtype=np.float32)
+                binding.bind_output(name, "cpu", 0, np.float32, shape, arrays[name].ctypes.data)
         except Exception as exc:  # an onnxruntime without io_binding: plain run
             logger.debug("model %s: no IO binding (%s)", self.path.name, _first_line(exc))
-            return None, None
-        return binding, output
+            return None, None, None
+        return binding, arrays[self.output_name], arrays.get(self.embedding_name)
+
+    def attach_custom(self, heads) -> None:
+        """Score custom labels (:class:`detector.custom.CustomHeads`) on the embedding.
+
+        Their scores follow the model's in :meth:`predict`, and :attr:`metadata`
+        lists them after the model's labels (with their calibrated thresholds),
+        so the event tracker, control, MQTT, discovery, clips and metrics treat
+        them like the model's own labels. No second network pass.
+        """
+        if self.embedding_name is None:
+            raise ModelError(f"model {self.path.name} ({self.model_metadata.model_version}) "
+                             "has no embedding output, so it cannot run custom labels")
+        heads.check_model(self.model_metadata)
+        from dataclasses import replace
+
+        meta = self.model_metadata
+        self.custom = heads if len(heads) else None
+        self.metadata = replace(meta, labels=(*meta.labels, *heads.labels),
+                                thresholds={**meta.thresholds, **heads.thresholds})
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self.metadata.labels
 
     def predict(self, window: np.ndarray) -> np.ndarray:
-        """Scores in [0, 1] (float32, one per label) for one ``[frames, n_mels]`` window."""
+        """Scores in [0, 1] (float32) for one ``[frames, n_mels]`` window: one per model
+        label, then one per custom label. The window's embedding (same network pass)
+        is left in :attr:`embedding`."""
         if window.shape != self._window_shape:
             raise ValueError(f"window shape {window.shape} != {self._window_shape}")
         if self._normalize:
@@ -239,9 +292,13 @@ class Classifier:
         if self._binding is not None:
             self.session.run_with_iobinding(self._binding)
             scores = self._output.reshape(-1).copy()
+            if self._emb_output is not None:
+                self.embedding = self._emb_output.reshape(-1).copy()
         else:
-            result = self.session.run(self._output_names, self._feed)[0]
-            scores = np.asarray(result, dtype=np.float32).reshape(-1)
+            result = self.session.run(self._output_names, self._feed)
+            scores = np.asarray(result[0], dtype=np.float32).reshape(-1)
+            if self.embedding_name:
+                self.embedding = np.asarray(result[1], dtype=np.float32).reshape(-1)
         if scores.shape[0] != self._n_labels:
             raise ModelError(f"model {self.path} returned {scores.shape[0]} scores for "
                              f"{self._n_labels} labels")
@@ -253,7 +310,17 @@ class Classifier:
                                "clipping them", self.path.name)
                 self._warned_range = True
             scores = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0)
+        if self.custom is not None:
+            scores = np.concatenate((scores, self.custom.scores(self.embedding)))
         return scores
+
+    def predict_with_embedding(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, embedding)`` of one window, from one network pass."""
+        if self.embedding_name is None:
+            raise ModelError(f"model {self.path.name} ({self.model_metadata.model_version}) "
+                             "has no embedding output")
+        scores = self.predict(window)
+        return scores, self.embedding
 
 
 def check_against_model(config: "Config", meta: ModelMetadata) -> None:

@@ -202,6 +202,10 @@ class Pipeline:
         """With ``record_scores``: the raw model scores of every window."""
         self.events: list[dict] = []
         """With ``record_scores``: copies of every event emitted."""
+        self.level_rows: list[float] = []
+        """With ``record_scores``: the level (dBFS) of every window."""
+        self.embedding_rows: list[np.ndarray] = []
+        """With ``record_scores`` and a model with an embedding: every window's embedding."""
 
     # -- control from other threads
 
@@ -444,6 +448,10 @@ class Pipeline:
         if self.record_scores:
             self.score_times.append(now - (self.started_at or 0.0))
             self.score_rows.append(np.array(scores, dtype=np.float32))
+            self.level_rows.append(level)
+            embedding = getattr(self.classifier, "embedding", None)
+            if embedding is not None:
+                self.embedding_rows.append(embedding.copy())
         for event in events:
             self._emit(event)
         timing = {"features_ms": self._features_s * 1000.0, "inference_ms": inference_ms,

@@ -23,6 +23,8 @@ DELEGATED = {
     "quantize": ("export.quantize", "static int8 quantization of an ONNX model"),
     "false-alarms": ("export.negatives", "false-alarm rate on negative clips through the "
                      "daemon's own event logic"),
+    "background-embeddings": ("export.background", "background embeddings of everyday sounds "
+                              "for custom labels (detector/models/background-<version>.npz)"),
 }
 SHIPPED = Path(__file__).resolve().parents[1] / "detector" / "models" / "default.onnx"
 

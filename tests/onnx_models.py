@@ -37,6 +37,18 @@ Knobs for negative tests: ``with_metadata=False`` (no contract),
 ``drop_props=("labels",)``, ``extra_props={...}`` (override any JSON value),
 ``input_frames`` (a static frames dim that contradicts the metadata, or
 ``"dynamic"``), ``n_outputs`` (an output width that contradicts the labels).
+
+Embedding
+---------
+``embedding=True`` adds a second output ``embedding`` ``[N, 2 * n_mels]``: the
+window's log-mel averaged over time and its maximum over time, per mel band,
+times ``0.05`` (dB -> a unit-ish scale). It carries the sound's real spectral
+shape, so custom labels can be enrolled on it (a 1.5 kHz tone is told from a
+1 kHz tone and from noise); the metadata names it (``embedding_output``,
+``embedding_dim``) as the model-file contract says.
+``expose_embedding(src, dst, tensor)`` does the same for an existing model:
+it makes an inner tensor (e.g. the shipped model's pooled LSTM output) a
+second output and names it in the metadata.
 """
 
 from __future__ import annotations
@@ -87,6 +99,7 @@ def make_band_model(
     opset: int = 17,
     feature: str = "logmel_db",
     feature_params: MnParams | None = None,
+    embedding: bool = False,
 ) -> Path:
     """Write a band-detector ONNX model to ``path`` and return the path.
 
@@ -113,7 +126,9 @@ def make_band_model(
         license_note="test model, MIT", normalization=normalization,
         thresholds=dict(thresholds or {}), background_labels=tuple(background_labels),
         feature=feature, feature_params=feature_params,
-        **({"window_hop_seconds": window_hop_seconds} if window_hop_seconds else {}))
+        **({"window_hop_seconds": window_hop_seconds} if window_hop_seconds else {}),
+        **({"embedding_output": "embedding", "embedding_dim": 2 * features.n_mels}
+           if embedding else {}))
     n_mels, frames = features.n_mels, meta.frames
     std = float(normalization["std"]) if normalization else 1.0
 
@@ -144,7 +159,20 @@ def make_band_model(
     ]
     inits = [numpy_helper.from_array(np.array([3], dtype=np.int64), "axis3"),
              numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")]
-    graph = helper.make_graph(nodes, "band_model", [x], [y], inits)
+    outputs = [y]
+    if embedding:
+        # the window as the daemon gives it (normalisation undone), pooled over time
+        nodes += [
+            helper.make_node("ReduceMean", ["x3"], ["emb_mean"], axes=[1], keepdims=0),
+            helper.make_node("ReduceMax", ["x3"], ["emb_max"], axes=[1], keepdims=0),
+            helper.make_node("Concat", ["emb_mean", "emb_max"], ["emb_cat"], axis=1),
+            helper.make_node("Mul", ["emb_cat", "emb_scale"], ["embedding"]),
+        ]
+        inits.append(numpy_helper.from_array(np.array(0.05 * std, dtype=np.float32),
+                                             "emb_scale"))
+        outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT,
+                                                     ["N", 2 * n_mels]))
+    graph = helper.make_graph(nodes, "band_model", [x], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="tests/onnx_models.py")
     model.ir_version = 8
@@ -194,3 +222,33 @@ def write_tone_wav(path: str | Path, segments: Sequence[tuple[float, float, floa
     sf.write(str(path), tone_signal(segments, seconds, sample_rate, amplitude, noise_dbfs),
              sample_rate, subtype=subtype)
     return path
+
+
+def expose_embedding(src: str | Path, dst: str | Path, tensor: str, dim: int,
+                     model_version: str | None = None) -> Path:
+    """Copy model ``src`` to ``dst`` with the inner float tensor ``tensor`` ``[N, dim]``
+    as a second output, named in the metadata (``embedding_output``, ``embedding_dim``).
+    The scores are untouched (same graph, one more output)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    if not any(tensor in node.output for node in model.graph.node):
+        raise ValueError(f"{src} has no tensor {tensor!r}")
+    model.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT,
+                                                            ["N", dim]))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["embedding_output"] = json.dumps(tensor)
+    props["embedding_dim"] = json.dumps(dim)
+    if model_version is not None:
+        props["model_version"] = json.dumps(model_version)
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+SHIPPED_030_EMBEDDING = "crnn_infer_1/pool_time_1/concat:0"
+"""The pooled (mean + max over time) LSTM output of the shipped model 0.3.0: 256 wide."""

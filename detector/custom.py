@@ -1,0 +1,620 @@
+"""Custom labels: small heads on the model's embedding, learned on the device from a few clips.
+
+A model whose metadata names an ``embedding_output`` gives, for every window,
+an embedding alongside its scores (one network pass). A *custom head* is a
+logistic regression on that embedding: ``score = sigmoid(w . e + b)``, fitted
+with numpy alone (:func:`fit_logistic`, Newton's method, deterministic) on the
+windows of the user's clips where the sound is (energy-trimmed, see
+:func:`positive_windows`) against background embeddings (a set shipped with
+the package for the shipped model, plus the user's own recordings). Its
+threshold comes from held-out scores (:func:`calibrate`).
+
+Each head is one ``<label>.npz`` in the custom directory: ``weights`` float32
+``[embedding_dim]``, ``bias`` and a JSON ``meta`` (label, model version,
+embedding width, threshold, what the enrolment measured). The daemon loads
+them all (:func:`load_custom_dir`) and :meth:`detector.model.Classifier.attach_custom`
+appends their scores to the model's, so they are labels like any other. A head
+made for another model version (or embedding width) is refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .capture import AudioSource
+from .errors import AudioError, ConfigError, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
+    from .metadata import ModelMetadata
+    from .model import Classifier
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+"""Version of the head file layout."""
+LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+"""Custom label names: lower-case letters, digits, ``_`` and ``-`` (safe in MQTT topics)."""
+DIR_NAME = "custom"
+"""Sub-directory of the state directory that holds custom heads by default."""
+
+
+# --------------------------------------------------------------------------- heads
+def check_label(label: str) -> str:
+    if not isinstance(label, str) or not LABEL_RE.match(label):
+        raise ConfigError(f"custom label {label!r} must be 1-40 characters of a-z, 0-9, "
+                          "'_' or '-', starting with a letter or digit")
+    return label
+
+
+@dataclass(frozen=True)
+class CustomHead:
+    """One custom label: ``score = sigmoid(weights . embedding + bias)``."""
+
+    label: str
+    """The label's name (as it appears in events and topics)."""
+    model_version: str
+    """``model_version`` of the model whose embedding it was fitted on."""
+    weights: np.ndarray
+    """float32 ``[embedding_dim]``."""
+    bias: float
+    """Logit offset."""
+    threshold: float
+    """Calibrated on-threshold of the event tracker."""
+    info: Mapping = field(default_factory=dict)
+    """What the enrolment measured (clips, windows, estimates, date)."""
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.weights.shape[0])
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``<directory>/<label>.npz`` (atomically) and return its path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.label}.npz"
+        meta = {"format": FORMAT, "label": self.label, "model_version": self.model_version,
+                "embedding_dim": self.embedding_dim, "threshold": float(self.threshold),
+                **{k: v for k, v in self.info.items()}}
+        tmp = directory / f".{self.label}.npz.tmp"
+        with open(tmp, "wb") as out:
+            np.savez(out, weights=self.weights.astype(np.float32),
+                     bias=np.array(self.bias, dtype=np.float32), meta=np.array(json.dumps(meta)))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CustomHead":
+        """Read a head file; every problem is one :class:`ModelError` line."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                weights = np.asarray(data["weights"], dtype=np.float32)
+                bias = float(data["bias"])
+                meta = json.loads(str(data["meta"]))
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+            raise ModelError(f"custom label file {path} is not a head written by "
+                             f"`sound-detector enroll` ({type(exc).__name__}); remove it "
+                             "or enroll the label again") from None
+        try:
+            label = check_label(str(meta["label"]))
+            version = str(meta["model_version"])
+            threshold = float(meta["threshold"])
+            dim = int(meta["embedding_dim"])
+        except (KeyError, TypeError, ValueError, ConfigError):
+            raise ModelError(f"custom label file {path} has incomplete metadata; enroll "
+                             "the label again") from None
+        if meta.get("format") != FORMAT:
+            raise ModelError(f"custom label file {path} has format {meta.get('format')!r}, "
+                             f"this version reads {FORMAT}; enroll the label again")
+        if path.stem != label:
+            raise ModelError(f"custom label file {path} holds label {label!r}; its file "
+                             f"name must be {label}.npz")
+        if (weights.ndim != 1 or weights.shape[0] != dim or not np.all(np.isfinite(weights))
+                or not math.isfinite(bias) or not 0.0 < threshold <= 1.0):
+            raise ModelError(f"custom label file {path} holds invalid weights or threshold; "
+                             "enroll the label again")
+        info = {k: v for k, v in meta.items()
+                if k not in ("format", "label", "model_version", "embedding_dim", "threshold")}
+        return cls(label=label, model_version=version, weights=weights, bias=bias,
+                   threshold=threshold, info=info)
+
+
+class CustomHeads:
+    """All custom labels of a directory, scored together: ``scores(embedding) -> [K]``."""
+
+    def __init__(self, heads: Sequence[CustomHead] = (), source: str = ""):
+        self.heads = list(heads)
+        self.source = source
+        labels = [h.label for h in self.heads]
+        if len(set(labels)) != len(labels):
+            raise ModelError(f"custom labels in {source} are not unique: {labels}")
+        dims = {h.embedding_dim for h in self.heads}
+        if len(dims) > 1:
+            raise ModelError(f"custom labels in {source} have different embedding widths "
+                             f"{sorted(dims)}; enroll them again with one model")
+        dim = dims.pop() if dims else 0
+        self._w = (np.vstack([h.weights for h in self.heads]).astype(np.float32)
+                   if self.heads else np.zeros((0, dim), dtype=np.float32))
+        self._b = np.array([h.bias for h in self.heads], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(h.label for h in self.heads)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {h.label: h.threshold for h in self.heads}
+
+    def check_model(self, meta: "ModelMetadata") -> None:
+        """Refuse heads made for another model (version or embedding width) or whose
+        label is already one of the model's."""
+        for head in self.heads:
+            where = f"custom label {head.label!r} ({self.source}/{head.label}.npz)"
+            if head.model_version != meta.model_version:
+                raise ModelError(f"{where} was enrolled with model {head.model_version}, "
+                                 f"this model is {meta.model_version}; enroll it again "
+                                 f"(`sound-detector enroll {head.label} ...`) or remove it")
+            if head.embedding_dim != meta.embedding_dim:
+                raise ModelError(f"{where} expects a {head.embedding_dim}-wide embedding, "
+                                 f"model {meta.model_version} gives {meta.embedding_dim}; "
+                                 "enroll it again")
+            if head.label in meta.labels:
+                raise ModelError(f"{where} has the name of one of the model's own labels; "
+                                 "remove it and enroll under another name")
+
+    def scores(self, embedding: np.ndarray) -> np.ndarray:
+        """float32 scores in [0, 1] for one embedding (a few microseconds)."""
+        z = self._w @ embedding + self._b
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))).astype(np.float32)
+
+
+def default_custom_dir(env: Mapping[str, str] | None = None) -> Path | None:
+    """``$STATE_DIRECTORY/custom`` under systemd (the service's state directory), else None."""
+    env = os.environ if env is None else env
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) / DIR_NAME if state else None
+
+
+def resolve_custom_dir(cli_value: str | None, config: "Config | None" = None,
+                       env: Mapping[str, str] | None = None) -> tuple[Path | None, bool]:
+    """``(directory, explicit)``: ``--custom``, else ``model.custom_dir`` (relative to the
+    config file), else the state directory's ``custom/`` (not explicit: may be absent)."""
+    if cli_value:
+        return Path(cli_value).expanduser(), True
+    value = config.model.custom_dir if config is not None else None
+    if value:
+        path = Path(value).expanduser()
+        if not path.is_absolute() and config is not None and config.source:
+            path = Path(config.source).resolve().parent / path
+        return path, True
+    return default_custom_dir(env), False
+
+
+def head_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.npz") if not p.name.startswith("."))
+
+
+def load_custom_dir(directory: str | Path, explicit: bool = True) -> CustomHeads:
+    """Every head in ``directory``; a missing explicit directory is one error line."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        if explicit and directory.exists():
+            raise ConfigError(f"custom label directory {directory} is not a directory")
+        if explicit:
+            raise ConfigError(f"custom label directory {directory} does not exist; create it "
+                              "with `sound-detector enroll LABEL FILE... --custom DIR`")
+        return CustomHeads((), str(directory))
+    heads = [CustomHead.load(p) for p in head_files(directory)]
+    return CustomHeads(heads, str(directory))
+
+
+# --------------------------------------------------------------------------- windows
+class ArraySource(AudioSource):
+    """Mono float32 samples in memory, served in blocks (for enrolment)."""
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, block: int = 4096):
+        self.samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self.sample_rate = int(sample_rate)
+        self.block = block
+        self._pos = 0
+
+    def read(self, timeout: float = 0.5) -> np.ndarray:
+        if self._pos >= self.samples.shape[0]:
+            raise EOFError("end of samples")
+        out = self.samples[self._pos:self._pos + self.block]
+        self._pos += self.block
+        return out
+
+
+def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """A whole file as mono float32 at ``sample_rate``, read like ``replay`` reads it."""
+    from .capture import FileSource
+
+    source = FileSource(path, sample_rate, block_seconds=1.0)
+    blocks = []
+    try:
+        while True:
+            blocks.append(source.read())
+    except EOFError:
+        pass
+    finally:
+        source.stop()
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class ClipWindows:
+    """The windows the daemon cuts from one clip: their level, embedding and scores."""
+
+    name: str
+    levels: np.ndarray
+    """dBFS of every window."""
+    embeddings: np.ndarray
+    """``[windows, embedding_dim]`` float32."""
+    seconds: float
+    """Length of the clip (without padding)."""
+    floor_dbfs: float
+    """The clip's noise floor (10th percentile of 20 ms frame levels)."""
+
+
+def frame_levels(samples: np.ndarray, sample_rate: int, frame_seconds: float = 0.02) -> np.ndarray:
+    n = max(1, int(frame_seconds * sample_rate))
+    usable = samples[:samples.shape[0] // n * n].astype(np.float64)
+    if usable.size == 0:
+        usable = np.pad(samples.astype(np.float64), (0, n - samples.shape[0]))
+    power = np.mean(usable.reshape(-1, n) ** 2, axis=1)
+    return 10.0 * np.log10(np.maximum(power, 1e-12))
+
+
+def embed_samples(classifier: "Classifier", samples: np.ndarray, config: "Config | None" = None,
+                  name: str = "", pad_seconds: float | None = None, seed: int = 0) -> ClipWindows:
+    """Run ``samples`` through the daemon's own pipeline (front end, windowing, model)
+    and keep every window's level and embedding.
+
+    The clip is padded on both sides with one window of seeded white noise at its
+    own noise floor, so the windows in which the sound enters and leaves (what the
+    daemon sees at an onset) are there too, and a clip shorter than a window still
+    gives windows.
+    """
+    from .config import Config
+    from .pipeline import Pipeline
+
+    if classifier.embedding_name is None:
+        raise ModelError(f"model {classifier.path.name} "
+                         f"({classifier.model_metadata.model_version}) has no embedding "
+                         "output; custom labels need a model that exports one")
+    meta = classifier.model_metadata
+    rate = meta.features.sample_rate
+    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+    levels = frame_levels(samples, rate)
+    floor = float(np.percentile(levels, 10)) if samples.size else -120.0
+    floor = max(floor, -100.0)
+    pad = meta.window_seconds if pad_seconds is None else pad_seconds
+    n_pad = int(round(pad * rate))
+    rng = np.random.default_rng(seed)
+    noise = (rng.standard_normal(2 * n_pad) * 10 ** (floor / 20)).astype(np.float32)
+    padded = np.concatenate((noise[:n_pad], samples, noise[n_pad:]))
+    pipeline = Pipeline(config or Config(), ArraySource(padded, rate), classifier, (),
+                        record_scores=True, node="enroll")
+    pipeline.run()
+    dim = classifier.embedding_dim
+    emb = (np.vstack(pipeline.embedding_rows).astype(np.float32) if pipeline.embedding_rows
+           else np.zeros((0, dim), dtype=np.float32))
+    return ClipWindows(name=name, levels=np.asarray(pipeline.level_rows, dtype=np.float64),
+                       embeddings=emb, seconds=samples.size / rate, floor_dbfs=floor)
+
+
+def positive_windows(clip: ClipWindows, gate_dbfs: float, below_peak_db: float = 6.0,
+                     max_windows: int = 40) -> np.ndarray:
+    """Indices of the windows where the sound is: within ``below_peak_db`` of the clip's
+    loudest window and above the energy gate (silence is never learned); at most
+    ``max_windows``, evenly spread, so a long clip does not outweigh the others."""
+    if clip.levels.size == 0:
+        return np.zeros(0, dtype=int)
+    peak = float(clip.levels.max())
+    keep = np.flatnonzero((clip.levels >= peak - below_peak_db) & (clip.levels >= gate_dbfs))
+    if keep.size > max_windows:
+        keep = keep[np.linspace(0, keep.size - 1, max_windows).round().astype(int)]
+    return keep
+
+
+# --------------------------------------------------------------------------- fitting
+def fit_logistic(x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, l2: float,
+                 init: np.ndarray | None = None, iterations: int = 25,
+                 tol: float = 1e-6) -> np.ndarray:
+    """L2-regularised logistic regression by Newton's method: ``[w..., b]``.
+
+    ``x`` ``[n, d]`` (already standardised), ``y`` in {0, 1}, weights summing to
+    anything (the loss is the weighted mean). Deterministic: no random start.
+    """
+    n, d = x.shape
+    xb = np.hstack((x, np.ones((n, 1))))
+    theta = np.zeros(d + 1) if init is None else init.astype(np.float64).copy()
+    sw = sample_weight / sample_weight.sum()
+    reg = np.full(d + 1, l2)
+    reg[-1] = 1e-8  # the bias is not shrunk
+    for _ in range(iterations):
+        z = np.clip(xb @ theta, -30, 30)
+        p = 1.0 / (1.0 + np.exp(-z))
+        grad = xb.T @ (sw * (p - y)) + reg * theta
+        hess = (xb * (sw * p * (1 - p))[:, None]).T @ xb
+        hess[np.diag_indices_from(hess)] += reg
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if float(np.max(np.abs(step))) < tol:
+            break
+    return theta
+
+
+@dataclass
+class Fit:
+    """A fitted head in raw-embedding coordinates: ``sigmoid(x @ w + b)``."""
+
+    w: np.ndarray
+    b: float
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        z = np.clip(x.astype(np.float64) @ self.w + self.b, -30, 30)
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+L2 = 0.01
+"""Ridge penalty of the head (on standardised embeddings; chosen on the knock benchmark)."""
+
+
+def fit_head(pos: np.ndarray, pos_groups: np.ndarray, neg: np.ndarray,
+             l2: float = L2, init: np.ndarray | None = None) -> tuple[Fit, np.ndarray]:
+    """Fit positives against negatives: each clip weighs the same, the positives as a
+    whole as much as the negatives. Returns the fit and its raw parameter vector."""
+    mu = neg.mean(axis=0)
+    sd = neg.std(axis=0) + 1e-3 * (neg.std() + 1e-6)
+    x = (np.vstack((pos, neg)).astype(np.float64) - mu) / sd
+    y = np.concatenate((np.ones(len(pos)), np.zeros(len(neg))))
+    groups, counts = np.unique(pos_groups, return_inverse=False, return_counts=True)
+    per_group = dict(zip(groups.tolist(), counts.tolist()))
+    wpos = np.array([1.0 / (len(per_group) * per_group[g]) for g in pos_groups.tolist()])
+    wneg = np.full(len(neg), 1.0 / len(neg))
+    theta = fit_logistic(x, y, np.concatenate((wpos, wneg)), l2, init=init)
+    w = theta[:-1] / sd
+    b = float(theta[-1] - np.dot(theta[:-1], mu / sd))
+    return Fit(w=w, b=b), theta
+
+
+def smoothed_max(scores: np.ndarray, windows: int) -> float:
+    """Highest mean of ``windows`` consecutive scores (the tracker's smoothing)."""
+    if scores.size == 0:
+        return 0.0
+    k = max(1, min(windows, scores.size))
+    kernel = np.convolve(scores, np.ones(k) / k, mode="valid")
+    return float(kernel.max())
+
+
+FLOOR = 0.5
+"""Lowest threshold a custom label gets."""
+CEILING = 0.98
+"""Highest threshold a custom label gets."""
+FALSE_ALARM_BUDGET = 0.01
+"""Share of held-out background files allowed above the threshold."""
+MARGIN = 0.05
+"""Added above the background quantile."""
+
+
+@dataclass
+class Enrolment:
+    """The outcome of :func:`enroll`: the head and what to expect from it."""
+
+    head: CustomHead
+    recall: float | None
+    """Leave-one-clip-out share of the user's clips that fire (None with one clip)."""
+    false_alarms: float
+    """Out-of-fold share of background files that fire."""
+    clip_scores: list[float]
+    background_files: int
+    warnings: list[str]
+
+
+def calibrate(clip_scores: Sequence[float], background_scores: Sequence[float]) -> float:
+    """Threshold: above all but :data:`FALSE_ALARM_BUDGET` of the held-out background
+    files plus :data:`MARGIN`, within [:data:`FLOOR`, :data:`CEILING`]."""
+    bg = np.sort(np.asarray(background_scores, dtype=np.float64))
+    if bg.size:
+        allowed = int(math.floor(FALSE_ALARM_BUDGET * bg.size))
+        quantile = bg[bg.size - 1 - allowed]
+    else:
+        quantile = 0.0
+    return float(min(CEILING, max(FLOOR, quantile + MARGIN)))
+
+
+def enroll(label: str, clips: Sequence[ClipWindows], background: np.ndarray,
+           background_files: np.ndarray, model_version: str, gate_dbfs: float,
+           smoothing_windows: int = 2, l2: float = L2) -> Enrolment:
+    """Fit and calibrate a custom head.
+
+    ``clips``: the user's examples (their windows); ``background`` ``[n, d]``
+    embeddings with ``background_files`` ``[n]`` naming the file each window
+    comes from. Folds: fold ``k`` holds out user clip ``k`` (with two or more
+    clips) and every background file ``f`` with ``f % folds == k``; a model fitted
+    on the rest scores them. The clip score is the tracker's view (smoothed max
+    over all the clip's windows above the gate); a background file's score is the
+    max over its windows (its windows are not consecutive).
+    """
+    check_label(label)
+    notes: list[str] = []
+    pos_list, groups = [], []
+    for i, clip in enumerate(clips):
+        keep = positive_windows(clip, gate_dbfs)
+        if keep.size == 0:
+            notes.append(f"{clip.name}: no window above the energy gate "
+                         f"({gate_dbfs:g} dBFS); it is not used")
+            continue
+        pos_list.append(clip.embeddings[keep])
+        groups.extend([i] * keep.size)
+    if not pos_list:
+        raise AudioError("no clip holds a sound above the energy gate; record louder "
+                         "or closer to the source")
+    pos = np.vstack(pos_list)
+    pos_groups = np.asarray(groups)
+    used = sorted(set(groups))
+    background = np.asarray(background, dtype=np.float32)
+    if background.shape[0] < 20:
+        raise ConfigError(f"only {background.shape[0]} background windows; custom labels "
+                          "need the shipped background set or --background recordings")
+    full, theta = fit_head(pos, pos_groups, background, l2)
+
+    folds = max(len(used), 5)
+    file_ids = np.asarray(background_files)
+    bg_fold = file_ids % folds
+    clip_scores: list[float] = []
+    bg_scores: list[float] = []
+    for k in range(folds):
+        held_clip = used[k] if len(used) >= 2 and k < len(used) else None
+        pmask = pos_groups != held_clip
+        nmask = bg_fold != k
+        fit, _ = fit_head(pos[pmask], pos_groups[pmask], background[nmask], l2, init=theta)
+        if held_clip is not None:
+            clip = clips[held_clip]
+            above = clip.levels >= gate_dbfs
+            s = np.where(above, fit.scores(clip.embeddings), 0.0)
+            clip_scores.append(smoothed_max(s, smoothing_windows))
+        held = ~nmask
+        if held.any():
+            s = fit.scores(background[held])
+            ids = file_ids[held]
+            order = np.argsort(ids, kind="stable")
+            ids, s = ids[order], s[order]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            bg_scores.extend(np.maximum.reduceat(s, starts).tolist())
+    threshold = calibrate(clip_scores, bg_scores)
+    recall = (float(np.mean(np.asarray(clip_scores) >= threshold)) if clip_scores else None)
+    false_alarms = float(np.mean(np.asarray(bg_scores) >= threshold)) if bg_scores else 0.0
+    notes.extend(_advice(clips, used))
+    info = {"clips": [clips[i].name for i in used], "windows": int(pos.shape[0]),
+            "estimated_recall": recall, "estimated_false_alarms": false_alarms,
+            "background_files": int(len(np.unique(file_ids))),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    head = CustomHead(label=label, model_version=model_version,
+                      weights=full.w.astype(np.float32), bias=full.b, threshold=threshold,
+                      info=info)
+    return Enrolment(head=head, recall=recall, false_alarms=false_alarms,
+                     clip_scores=clip_scores, background_files=len(np.unique(file_ids)),
+                     warnings=notes)
+
+
+MIN_CLIPS = 3
+"""Fewer clips than this: warn (4-5 are recommended)."""
+MIN_SOUND_SECONDS = 0.3
+"""A clip whose sound (windows within 6 dB of its peak) spans less: warn it is short."""
+ALIKE_COSINE = 0.98
+"""Two clips whose mean embeddings are this similar: warn they are alike."""
+
+
+def _advice(clips: Sequence[ClipWindows], used: Sequence[int]) -> list[str]:
+    out = []
+    if len(used) < MIN_CLIPS:
+        out.append(f"only {len(used)} usable clip(s): expect a lower recall than estimated; "
+                   "4-5 clips of the sound in different takes are recommended")
+    for i in used:
+        clip = clips[i]
+        if clip.seconds < MIN_SOUND_SECONDS:
+            out.append(f"{clip.name}: {clip.seconds:.2f} s is very short; a longer take "
+                       "(the whole sound, with a little quiet around it) learns better")
+        if clip.levels.size and float(clip.levels.max()) - clip.floor_dbfs < 6.0:
+            out.append(f"{clip.name}: the sound stands only "
+                       f"{float(clip.levels.max()) - clip.floor_dbfs:.1f} dB above the clip's "
+                       "quiet parts; is the sound in it, and close enough?")
+    vectors = []
+    for i in used:
+        emb = clips[i].embeddings[positive_windows(clips[i], -1e9)]
+        vectors.append(emb.mean(axis=0) if emb.size else None)
+    for a in range(len(used)):
+        for b in range(a + 1, len(used)):
+            va, vb = vectors[a], vectors[b]
+            if va is None or vb is None:
+                continue
+            va = va - va.mean()
+            vb = vb - vb.mean()
+            cos = float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) + 1e-12))
+            if cos >= ALIKE_COSINE:
+                out.append(f"{clips[used[a]].name} and {clips[used[b]].name} are nearly "
+                           f"the same (similarity {cos:.3f}); takes of the sound in different "
+                           "conditions make a head that generalises")
+    return out
+
+
+# --------------------------------------------------------------------------- background set
+def shipped_background_path(model_version: str) -> Path:
+    """``detector/models/background-<model_version>.npz``: negatives of the shipped model."""
+    return Path(__file__).resolve().parent / "models" / f"background-{model_version}.npz"
+
+
+@dataclass
+class BackgroundSet:
+    """Embeddings of everyday sounds, for one model, with the file and kind of each."""
+
+    embeddings: np.ndarray
+    files: np.ndarray
+    """File index of each window."""
+    kinds: list[str]
+    """Kind of each file (by file index)."""
+    model_version: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BackgroundSet":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                emb = np.asarray(data["embeddings"], dtype=np.float32)
+                files = np.asarray(data["files"], dtype=np.int64)
+                meta = json.loads(str(data["meta"]))
+            kinds = [str(k) for k in meta["kinds"]]
+            version = str(meta["model_version"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+            raise ModelError(f"background set {path} is unreadable ({type(exc).__name__}); "
+                             "make it with `python -m export background-embeddings`") from None
+        if emb.ndim != 2 or files.shape != (emb.shape[0],) or (
+                files.size and (files.min() < 0 or files.max() >= len(kinds))):
+            raise ModelError(f"background set {path} is inconsistent; make it again")
+        return cls(emb, files, kinds, version)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"model_version": self.model_version, "kinds": self.kinds,
+                "embedding_dim": int(self.embeddings.shape[1])}
+        with open(path, "wb") as out:
+            np.savez_compressed(out, embeddings=self.embeddings.astype(np.float16),
+                                files=self.files.astype(np.int32), meta=np.array(json.dumps(meta)))
+        return path
+
+    def without_kinds(self, kinds: Iterable[str]) -> "BackgroundSet":
+        drop = set(kinds)
+        keep_files = np.array([k not in drop for k in self.kinds])
+        mask = keep_files[self.files] if self.files.size else np.zeros(0, dtype=bool)
+        return BackgroundSet(self.embeddings[mask], self.files[mask], self.kinds,
+                             self.model_version)
+
+
+def matching_kinds(label: str, kinds: Iterable[str]) -> list[str]:
+    """Background kinds that name the label (``knock`` matches ``door_wood_knock``):
+    they are examples of the sound, not background, for this label."""
+    words = set(re.split(r"[_\-\s]+", label.lower())) - {""}
+    out = []
+    for kind in sorted(set(kinds)):
+        kind_words = set(re.split(r"[_\-\s]+", kind.lower()))
+        if kind.lower() == label.lower() or (words and words <= kind_words):
+            out.append(kind)
+    return out

@@ -1,0 +1,309 @@
+"""Custom labels on a real (tiny) ONNX model with a real embedding output.
+
+The model (``make_band_model(embedding=True)``) exports the window's log-mel
+profile as its embedding, so a 1.5 kHz chirp is learnable from generated clips
+and told apart from 1 kHz / 3 kHz tones and noise. Black-box where it matters:
+``python -m detector enroll / replay / custom`` as subprocesses, a real Mosquitto.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from detector import custom
+from detector.config import Config, ConfigError, load_config
+from detector.errors import ModelError
+from detector.features import FeatureParams, logmel
+from detector.metadata import ModelMetadata
+from detector.model import Classifier
+from mqtt_helpers import Recorder
+from onnx_models import make_band_model, tone_signal, write_tone_wav
+
+CHIRP = 1500.0
+
+
+def cli(*args, env=None, cwd=None):
+    full_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    full_env.pop("STATE_DIRECTORY", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "detector", *map(str, args)],
+                          capture_output=True, text=True, env=full_env, cwd=cwd or REPO,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_band_model(tmp_path_factory.mktemp("emb") / "tiny-emb.onnx", embedding=True)
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    """Five chirp takes (different lengths, levels, noise floors) and a room recording."""
+    d = tmp_path_factory.mktemp("audio")
+    takes = []
+    for i in range(5):
+        start = 0.4 + 0.15 * i
+        sig = tone_signal([(start, start + 0.5 + 0.2 * i, CHIRP + 15 * (i - 2))], 2.5,
+                          amplitude=0.2 + 0.1 * i, noise_dbfs=-65 + 4 * i, seed=i)
+        path = d / f"chirp{i}.wav"
+        import soundfile as sf
+        sf.write(path, sig, 16000)
+        takes.append(path)
+    room = []
+    for i, level in enumerate((-70, -60, -50, -40)):
+        room.append(write_tone_wav(d / f"room{i}.wav",
+                                   [(1.0, 2.0, 1000.0), (3.0, 3.6, 3000.0), (4.5, 5.5, 600.0),
+                                    (6.0, 6.5, 2400.0)], seconds=8.0, noise_dbfs=level,
+                                   amplitude=0.05 * (i + 1)))
+    test = write_tone_wav(d / "test.wav", [(1.0, 1.8, CHIRP), (5.0, 6.0, 1000.0),
+                                           (9.0, 10.0, 3000.0)], seconds=13.0, noise_dbfs=-58)
+    quiet = write_tone_wav(d / "other.wav", [(1.0, 2.0, 1000.0), (4.0, 5.0, 3000.0)],
+                           seconds=7.0, noise_dbfs=-45)
+    return {"takes": takes, "room": room, "test": test, "other": quiet}
+
+
+@pytest.fixture(scope="module")
+def enrolled(model, audio, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("custom")
+    res = cli("enroll", "chirp", *audio["takes"], "--background", *audio["room"],
+              "--model", model, "--custom", directory)
+    assert res.returncode == 0, res.stderr
+    return directory, res
+
+
+# ------------------------------------------------------------------ the model contract
+def test_metadata_embedding_keys_round_trip_and_are_checked():
+    base = dict(labels=("a", "b"), features=FeatureParams(), window_seconds=1.0,
+                model_version="t", trained_on="x", license_note="y")
+    meta = ModelMetadata(**base, embedding_output="emb", embedding_dim=8)
+    back = ModelMetadata.from_props(meta.to_props())
+    assert back.embedding_output == "emb" and back.embedding_dim == 8
+    assert ModelMetadata.from_props(ModelMetadata(**base).to_props()).embedding_output is None
+    with pytest.raises(ModelError, match="given together"):
+        ModelMetadata(**base, embedding_output="emb")
+    with pytest.raises(ModelError, match="embedding_dim"):
+        ModelMetadata(**base, embedding_output="emb", embedding_dim=0)
+
+
+def test_classifier_returns_the_embedding_of_the_same_pass(model):
+    clf = Classifier(model)
+    assert clf.embedding_name == "embedding" and clf.embedding_dim == 128
+    params = FeatureParams()
+    window = logmel(tone_signal([(0, 1, CHIRP)], 1.0), params)[:97]
+    scores, emb = clf.predict_with_embedding(window)
+    assert scores.shape == (3,) and emb.shape == (128,) and emb.dtype == np.float32
+    # the embedding is the window's time-mean and time-max per mel band (x 0.05)
+    np.testing.assert_allclose(emb[:64], 0.05 * window.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(emb[64:], 0.05 * window.max(axis=0), atol=1e-4)
+    other = clf.predict_with_embedding(logmel(tone_signal([(0, 1, 3000.0)], 1.0), params)[:97])[1]
+    assert np.argmax(emb[:64]) != np.argmax(other[:64])
+
+
+def test_embedding_output_that_is_missing_or_misshaped_is_one_line(tmp_path):
+    bad = make_band_model(tmp_path / "bad.onnx", embedding=True,
+                          extra_props={"embedding_output": "nope"})
+    with pytest.raises(ModelError, match="names no output") as err:
+        Classifier(bad)
+    assert "\n" not in str(err.value)
+    wrong = make_band_model(tmp_path / "wrong.onnx", embedding=True,
+                            extra_props={"embedding_dim": 64})
+    with pytest.raises(ModelError, match=r"\[batch, 64\]"):
+        Classifier(wrong)
+
+
+# ------------------------------------------------------------------ fitting
+def test_fit_is_deterministic_and_separates():
+    rng = np.random.default_rng(0)
+    pos = rng.normal(1.0, 1.0, (60, 16))
+    neg = rng.normal(0.0, 1.0, (400, 16))
+    groups = np.repeat(np.arange(4), 15)
+    a, _ = custom.fit_head(pos, groups, neg)
+    b, _ = custom.fit_head(pos, groups, neg)
+    assert np.array_equal(a.w, b.w) and a.b == b.b
+    assert a.scores(pos).mean() > 0.8 and a.scores(neg).mean() < 0.2
+
+
+def test_positive_windows_skip_silence_and_the_gate():
+    levels = np.array([-90, -80, -30, -28, -33, -40, -85], dtype=float)
+    clip = custom.ClipWindows("c", levels, np.zeros((7, 2), np.float32), 2.0, -90.0)
+    assert custom.positive_windows(clip, gate_dbfs=-70).tolist() == [2, 3, 4]
+    quiet = custom.ClipWindows("q", levels - 50, np.zeros((7, 2), np.float32), 2.0, -140.0)
+    assert custom.positive_windows(quiet, gate_dbfs=-70).size == 0
+
+
+def test_kinds_that_name_the_label_are_left_out_of_the_background():
+    kinds = ["door_wood_knock", "knock", "keyboard", "keys", "cough", "casual"]
+    assert custom.matching_kinds("knock", kinds) == ["door_wood_knock", "knock"]
+    assert custom.matching_kinds("doorbell", kinds) == []
+
+
+# ------------------------------------------------------------------ enroll / replay
+def test_enroll_reports_what_to_expect_and_writes_a_head(enrolled, model):
+    directory, res = enrolled
+    out = res.stdout
+    assert "enrolled 'chirp' from 5 clip(s)" in out
+    assert "leave-one-clip-out" in out and "held-out background" in out
+    assert "Traceback" not in res.stderr
+    head = custom.CustomHead.load(directory / "chirp.npz")
+    assert head.model_version == "band-test-1" and head.embedding_dim == 128
+    assert 0.5 <= head.threshold <= 0.98
+    assert head.info["estimated_recall"] >= 0.8
+    assert len(head.info["clips"]) == 5
+
+
+def test_replay_fires_the_custom_label_only_on_its_sound(enrolled, model, audio):
+    directory, _ = enrolled
+    res = cli("replay", audio["test"], "--model", model, "--custom", directory)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    chirps = [e for e in events if e["label"] == "chirp" and e["type"] == "start"]
+    assert len(chirps) == 1, events  # the chirp at 1.0-1.8 s; not the 1 kHz / 3 kHz tones
+    assert {e["label"] for e in events} == {"chirp", "siren", "dog_bark"}
+    ends = [e for e in events if e["label"] == "chirp" and e["type"] == "end"]
+    assert ends[0]["duration_s"] < 3.0, ends
+    res = cli("replay", audio["other"], "--model", model, "--custom", directory)
+    assert res.returncode == 0, res.stderr
+    assert not [line for line in res.stdout.splitlines() if '"chirp"' in line]
+
+
+def test_custom_label_thresholds_and_labels_are_configurable(enrolled, model, audio, tmp_path):
+    directory, _ = enrolled
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[model]\ncustom_dir = "{directory}"\n'
+                    '[events]\nlabels = ["siren"]\nthresholds = {chirp = 0.9}\n')
+    res = cli("replay", audio["test"], "--model", model, "--config", conf)
+    assert res.returncode == 0, res.stderr
+    labels = {json.loads(line)["label"] for line in res.stdout.splitlines()}
+    assert labels == {"siren"}  # chirp known (its threshold accepted) but not enabled
+    conf.write_text('[events]\nthresholds = {chirp = 0.9}\n')
+    res = cli("replay", audio["test"], "--model", model, "--config", conf)
+    assert res.returncode == 2 and "chirp" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_state_directory_is_the_default_custom_dir(enrolled, model, audio, tmp_path):
+    directory, _ = enrolled
+    state = tmp_path / "state"
+    (state / "custom").mkdir(parents=True)
+    for p in directory.glob("*.npz"):
+        (state / "custom" / p.name).write_bytes(p.read_bytes())
+    res = cli("replay", audio["test"], "--model", model, env={"STATE_DIRECTORY": str(state)})
+    assert res.returncode == 0, res.stderr
+    assert '"chirp"' in res.stdout
+    assert custom.default_custom_dir({}) is None
+
+
+def test_custom_list_and_remove(enrolled, tmp_path):
+    directory, _ = enrolled
+    copy = tmp_path / "c"
+    copy.mkdir()
+    (copy / "chirp.npz").write_bytes((directory / "chirp.npz").read_bytes())
+    res = cli("custom", "list", "--custom", copy)
+    assert res.returncode == 0, res.stderr
+    assert "chirp: model band-test-1" in res.stdout and "estimated recall" in res.stdout
+    res = cli("custom", "remove", "nothing", "--custom", copy)
+    assert res.returncode == 2 and "no custom label 'nothing'" in res.stderr
+    assert "it has: chirp" in res.stderr
+    res = cli("custom", "remove", "chirp", "--custom", copy)
+    assert res.returncode == 0 and not (copy / "chirp.npz").exists()
+    assert "no custom labels" in cli("custom", "list", "--custom", copy).stdout
+
+
+def test_a_head_for_another_model_version_is_refused_in_one_line(enrolled, audio, tmp_path):
+    directory, _ = enrolled
+    other = make_band_model(tmp_path / "v2.onnx", embedding=True, model_version="band-test-2")
+    res = cli("replay", audio["test"], "--model", other, "--custom", directory)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr
+    assert "error:" in lines[-1] and "enrolled with model band-test-1" in lines[-1]
+    assert "band-test-2" in lines[-1]
+
+
+def test_bad_input_is_one_line(model, audio, tmp_path):
+    plain = make_band_model(tmp_path / "plain.onnx")
+    cases = [
+        (("enroll", "Bad Name", audio["takes"][0], "--custom", tmp_path, "--model", model),
+         "custom label 'Bad Name'"),
+        (("enroll", "siren", audio["takes"][0], "--custom", tmp_path, "--model", model),
+         "one of the model's own labels"),
+        (("enroll", "chirp", tmp_path / "missing.wav", "--custom", tmp_path, "--model", model,
+          "--background", audio["room"][0]), "does not exist"),
+        (("enroll", "chirp", audio["takes"][0], "--custom", tmp_path, "--model", model),
+         "no background set ships"),
+        (("enroll", "chirp", audio["takes"][0], "--custom", tmp_path, "--model", plain),
+         "no embedding output"),
+        (("enroll", "chirp", "--custom", tmp_path, "--model", model), "no clips"),
+        (("replay", audio["test"], "--model", model, "--custom", tmp_path / "nope"),
+         "does not exist"),
+    ]
+    for args, text in cases:
+        res = cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Traceback" not in res.stderr, res.stderr
+        assert text in res.stderr.strip().splitlines()[-1], (args, res.stderr)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.npz").write_bytes(b"not a head")
+    res = cli("replay", audio["test"], "--model", model, "--custom", broken)
+    assert res.returncode == 2 and "not a head" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_heads_run_on_the_embedding_in_process(enrolled, model):
+    directory, _ = enrolled
+    clf = Classifier(model)
+    heads = custom.load_custom_dir(directory)
+    clf.attach_custom(heads)
+    assert clf.metadata.labels == ("siren", "dog_bark", "background", "chirp")
+    assert clf.metadata.thresholds["chirp"] == heads.heads[0].threshold
+    params = FeatureParams()
+    def window(freq):
+        sig = tone_signal([(0, 1, freq)], 1.0, amplitude=0.3, noise_dbfs=-60)
+        return logmel(sig, params)[:97]
+
+    chirp, siren = clf.predict(window(CHIRP)), clf.predict(window(1000.0))
+    assert chirp.shape == (4,) and chirp[3] > 0.9 and siren[3] < 0.1
+    plain = Classifier(make_band_model(directory.parent / "plain-inproc.onnx"))
+    with pytest.raises(ModelError, match="no embedding output"):
+        plain.attach_custom(heads)
+
+
+def test_custom_label_on_mqtt_and_home_assistant(mosquitto, enrolled, model, audio, tmp_path):
+    directory, _ = enrolled
+    node, disc = f"cu-{uuid.uuid4().hex[:6]}", f"ha-{uuid.uuid4().hex[:6]}"
+    prefix = f"sound-detector/{node}"
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {mosquitto.port}\n'
+                    f'node_id = "{node}"\ndiscovery_prefix = "{disc}"\n'
+                    f'[model]\ncustom_dir = "{directory}"\n')
+    conf.chmod(0o600)
+    rec = Recorder(mosquitto.port, [f"{prefix}/#", f"{disc}/#"])
+    try:
+        res = cli("replay", audio["test"], "--model", model, "--config", conf)
+        assert res.returncode == 0, res.stderr
+        events = [json.loads(p) for p in rec.wait_count(f"{prefix}/events", 6)]
+        assert ("start", "chirp") in [(e["type"], e["label"]) for e in events]
+        rec.wait_for(lambda m: rec.payloads(f"{prefix}/chirp/state")[-2:] == [b"ON", b"OFF"],
+                     what="chirp state ON, OFF")
+        topics = {t for t, _, _ in rec.messages}
+        assert f"{disc}/binary_sensor/{node}/chirp/config" in topics
+        assert f"{disc}/event/{node}/chirp_event/config" in topics
+    finally:
+        rec.close()
+
+
+def test_custom_dir_config_key_is_checked():
+    with pytest.raises(ConfigError, match="custom_dir"):
+        Config(model=type(Config().model)(custom_dir=" "))
+    config = load_config(None)
+    assert custom.resolve_custom_dir(None, config, env={"STATE_DIRECTORY": "/s"}) == \
+        (Path("/s/custom"), False)
+    assert custom.resolve_custom_dir("x", config, env={})[1] is True
