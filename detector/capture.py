@@ -515,6 +515,46 @@ def _abort_and_close(stream) -> None:
 
 # --------------------------------------------------------------------------- files
 
+FILE_RATE_RANGE = (1000, 768_000)
+"""Sample rates (Hz) a file may declare. Far below, the resampler's filter delay spans
+the whole file (a 1.2 kB WAV at 1 Hz once took 1.2 GB); no recording is made there."""
+MAX_READ_FRAMES = 1 << 16
+"""Frames decoded per read, whatever the rate: memory per block stays bounded."""
+MAX_BLOCK_SECONDS = 1.0
+"""Longest block handed to the pipeline (resampler output is split beyond it)."""
+_WAV_PCM_BITS = {1: (8, 16, 24, 32), 3: (32, 64)}  # format tag -> bits per sample
+
+
+def _check_wav_header(path: Path) -> None:
+    """Refuse a RIFF/WAVE header whose bit depth is not one PCM/float WAV uses.
+
+    libsndfile reads a header claiming 7 bits as 8-bit audio; such a file is broken
+    or crafted, and its samples would be misread, so it is one line instead.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        if chunk == b"fmt " and pos + 24 <= len(head):
+            tag, _channels, _rate, _bps, _align, bits = struct.unpack(
+                "<HHIIHH", head[pos + 8:pos + 24])
+            if tag in _WAV_PCM_BITS and bits not in _WAV_PCM_BITS[tag]:
+                kind = "PCM" if tag == 1 else "float"
+                raise AudioError(f"{path}: WAV header claims {bits} bits per sample, which "
+                                 f"{kind} WAV does not use ({', '.join(map(str, _WAV_PCM_BITS[tag]))}); "
+                                 "the file is damaged")
+            return
+        pos += 8 + size + (size & 1)
+
+
 def _soundfile_message(exc: Exception) -> str:
     text = getattr(exc, "error_string", None) or str(exc)
     text = text.strip().rstrip(".")
@@ -547,8 +587,12 @@ class FileSource(AudioSource):
             raise AudioError(f"{name}: file not found")
         if self.path.is_dir():
             raise AudioError(f"{name}: is a directory, not an audio file")
+        if not self.path.is_file():
+            raise AudioError(f"{name}: is not a regular file (a device, FIFO or socket); "
+                             "pass an audio file")
         if self.path.stat().st_size == 0:
             raise AudioError(f"{name}: empty file (0 bytes), not audio")
+        _check_wav_header(self.path)
         try:
             self._file = sf.SoundFile(name)
         except Exception as exc:  # LibsndfileError, RuntimeError, TypeError from odd headers
@@ -558,13 +602,22 @@ class FileSource(AudioSource):
             self._file.close()
             raise AudioError(f"{name}: invalid header (rate {self._file.samplerate} Hz, "
                              f"{self._file.channels} channels)")
+        low, high = FILE_RATE_RANGE
+        if not low <= self._file.samplerate <= high:
+            rate = self._file.samplerate
+            self._file.close()
+            raise AudioError(f"{name}: header declares {rate} Hz; audio files are read at "
+                             f"{low}..{high} Hz (a damaged header?)")
         self.source_rate = int(self._file.samplerate)
         """Sample rate of the file."""
         self.channels = int(self._file.channels)
         """Channels in the file (downmixed to mono)."""
         self.frames = int(self._file.frames) if self._file.frames is not None else 0
         """Frames the header announces (a truncated file may hold fewer)."""
-        self._block_frames = max(1, int(round(block_seconds * self.source_rate)))
+        self._block_frames = min(MAX_READ_FRAMES,
+                                 max(1, int(round(block_seconds * self.source_rate))))
+        self._max_out = max(1, int(MAX_BLOCK_SECONDS * self.sample_rate))
+        self._carry: np.ndarray | None = None  # resampled samples beyond _max_out
         self._resampler = StreamResampler(self.source_rate, self.sample_rate)
         self._emitted = 0
         self._read_frames = 0
@@ -639,6 +692,20 @@ class FileSource(AudioSource):
     def read(self, timeout: float = 0.5) -> np.ndarray:
         if self._t0 is None:
             self.start()
+        if self._carry is not None:
+            out, self._carry = self._carry, None
+        else:
+            out = self._read_resampled()
+        if out.size > self._max_out:
+            out, self._carry = out[:self._max_out], out[self._max_out:]
+        self._emitted += out.size
+        if self.realtime:
+            wait = self._t0 + self._emitted / self.sample_rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        return out
+
+    def _read_resampled(self) -> np.ndarray:
         while True:
             raw = self._next_raw()
             if raw is None:
@@ -650,13 +717,7 @@ class FileSource(AudioSource):
             else:
                 out = self._resampler.process(self._clean(raw))
             if out.size:
-                break
-        self._emitted += out.size
-        if self.realtime:
-            wait = self._t0 + self._emitted / self.sample_rate - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-        return out
+                return out
 
     def stop(self) -> None:
         if not self._file.closed:

@@ -33,6 +33,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import ConfigError
+from .private import private_dir, private_file
 from .sink import Sink
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class ClipSink(Sink):
         self.sample_rate = int(sample_rate)
         self.directory = Path(settings.directory).expanduser().resolve()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            private_dir(self.directory)  # recordings of the room: 0700 / 0600
             probe = self.directory / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -201,6 +202,7 @@ class ClipSink(Sink):
             kind = job[0]
             try:
                 if kind == "open":
+                    private_file(job[2])  # libsndfile would create it with the umask's mode
                     files[job[1]] = sf.SoundFile(str(job[2]), "w", samplerate=self.sample_rate,
                                                  channels=1, format="FLAC", subtype="PCM_16")
                 elif kind == "write":

@@ -34,7 +34,10 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from .errors import ConfigError
+from .private import refuse_writable_by_others
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is refused beyond this size (1 MB; the example is ~5 kB)."""
 PASSWORD_ENV = "SOUND_DETECTOR_MQTT_PASSWORD"
 """Environment variable that may hold the MQTT password."""
 CREDENTIAL_NAME = "mqtt_password"
@@ -516,7 +519,18 @@ def load_config(path: str | os.PathLike | None = None,
         return config_from_dict({}, None, env)
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero never end
+            raise ConfigError(f"config file {path} is not a regular file (a FIFO or device?); "
+                              "pass the .toml file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {info.st_size} bytes; a config is at "
+                              f"most {MAX_CONFIG_BYTES // 1024} kB")
+        refuse_writable_by_others(path, "config file", ConfigError)
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; create it with "
                           f"`sound-detector config > {path}` (a commented example) "
@@ -531,6 +545,8 @@ def load_config(path: str | os.PathLike | None = None,
         raise ConfigError(f"{path}: not UTF-8 text; is it a TOML file?") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
     mqtt = data.get("mqtt")
     if isinstance(mqtt, Mapping) and mqtt.get("password") and _world_readable(path):
         raise ConfigError(

@@ -20,6 +20,7 @@ import numpy as np
 from .errors import ConfigError, ModelError
 from .features import make_frontend
 from .metadata import ModelMetadata
+from .private import refuse_writable_by_others
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -99,6 +100,7 @@ class Classifier:
             raise ModelError(f"{where} does not exist; check the path (--model / model.path)")
         if not self.path.is_file():
             raise ModelError(f"{where} is not a file; pass the .onnx file")
+        refuse_writable_by_others(self.path, "model", ModelError)
         chosen = choose_providers(providers)
 
         try:
@@ -329,6 +331,12 @@ def check_against_model(config: "Config", meta: ModelMetadata) -> None:
     background = set(meta.background_labels)
     known = ", ".join(meta.event_labels)
     ev = config.events
+    if not meta.event_labels:
+        raise ModelError(f"model {meta.model_version}: every label is a background label "
+                         f"({', '.join(meta.labels)}), so no event can ever fire")
+    if ev.labels is not None and not ev.labels:
+        raise ConfigError("events.labels = [] enables no label, so no event can ever fire; "
+                          f"omit it to use every event label of the model ({known})")
     for key, names in (("events.thresholds", ev.thresholds),
                        ("events.thresholds_off", ev.thresholds_off),
                        ("events.labels", ev.labels or ())):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .private import private_dir, private_file
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,12 @@ class SqliteOutbox(Outbox):
         super().__init__(max_messages)
         self.path = Path(path).expanduser()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)  # SQLite gives its -wal/-shm files the database's mode
+            for suffix in ("-wal", "-shm"):
+                extra = self.path.with_name(self.path.name + suffix)
+                if extra.exists():
+                    private_file(extra)
             # used from the pipeline thread (put) and the delivery thread (peek/remove),
             # always under self._cond
             self._db = sqlite3.connect(str(self.path), check_same_thread=False,

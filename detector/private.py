@@ -1,0 +1,74 @@
+"""Files the daemon writes are private, whatever the umask; files it trusts are not
+writable by others.
+
+Outside systemd (``UMask=0077`` in the unit) a login shell's umask 022 would make
+the outbox (queued events) and the clips (recordings of the room) readable by
+every local user. :func:`private_dir` and :func:`private_file` create them 0700 /
+0600 and tighten an existing one the daemon owns. :func:`refuse_writable_by_others`
+rejects a config or model file that any user could change (a config chooses the
+model, broker and clip directory; a model decides what fires).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+from .errors import DetectorError
+
+logger = logging.getLogger(__name__)
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+        if current & ~mode & 0o077:
+            os.chmod(path, current & mode)
+            logger.info("made %s private (mode %03o -> %03o)", path, current, current & mode)
+    except OSError as exc:  # not ours (a shared directory): say so, go on
+        logger.warning("cannot make %s private (%s); other users may read it",
+                       path, exc.strerror or exc)
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if needed; a directory created here is 0700."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    for created in missing:  # mkdir(parents=True) gives the parents the umask's mode
+        _tighten(created, DIR_MODE)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if absent, else remove group/other access."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        _tighten(path, FILE_MODE)
+        return
+    os.close(fd)
+    _tighten(path, FILE_MODE)  # the umask can only remove bits; this is for odd ACL setups
+
+
+def refuse_writable_by_others(path: Path, what: str, error: type[DetectorError]) -> None:
+    """Raise ``error`` (one line) if ``path`` can be written by every user."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return  # the caller reports a missing file in its own words
+    if mode & stat.S_IWOTH:
+        raise error(f"{what} {path} is writable by every user (mode "
+                    f"{stat.S_IMODE(mode):03o}), so anyone could change what the daemon does; "
+                    f"run `chmod o-w {path}`")
