@@ -223,7 +223,9 @@ class MicSource(AudioSource):
 
     ``on_status`` is called from the supervisor thread with ``"connected"`` when
     audio flows (after the first open and after every reconnect) and ``"lost"``
-    when the device stops delivering; only changes are reported.
+    when the device stops delivering; only changes are reported. A device that is
+    not there at :meth:`start` (unplugged, not yet enumerated) is ``"waiting"``: the
+    supervisor keeps trying to open it, like after a loss, instead of failing.
     """
 
     STALL_SECONDS = 2.0
@@ -257,6 +259,7 @@ class MicSource(AudioSource):
         """Rate the device is captured at (resampled to :attr:`sample_rate` when different)."""
         self.reconnects = 0
         """How many times the stream was re-opened after a loss."""
+        self._waiting = False
 
     # -- public interface
 
@@ -277,7 +280,7 @@ class MicSource(AudioSource):
         if self._supervisor is not None:
             return
         self._stop.clear()
-        sd = _sounddevice()
+        sd = _sounddevice()  # a missing PortAudio library stays a one-line error
         try:
             try:
                 self._open()
@@ -286,8 +289,14 @@ class MicSource(AudioSource):
                 # import): a microphone plugged in since then is only found after a re-scan.
                 rescan_devices()
                 self._open()
-        except sd.PortAudioError as exc:
-            raise DeviceError(f"cannot open audio input {self.settings.device!r}: {exc}") from None
+        except (DeviceError, sd.PortAudioError) as exc:
+            # not there yet (unplugged, USB still enumerating): wait for it, do not exit
+            self._waiting = True
+            wanted = ("the default input" if self.settings.device is None
+                      else repr(self.settings.device))
+            logger.warning("waiting for audio device %s (%s); retrying until it appears",
+                           wanted, " ".join(str(exc).split()))
+            self._report("waiting")
         self._supervisor = threading.Thread(target=self._supervise, name="mic-supervisor",
                                             daemon=True)
         self._supervisor.start()
@@ -426,6 +435,10 @@ class MicSource(AudioSource):
                 logger.exception("audio status callback failed")
 
     def _supervise(self) -> None:
+        if self._waiting:
+            if not self._reconnect():
+                return
+            self._waiting = False
         last_count = self._blocks
         last_change = time.monotonic()
         while not self._stop.wait(self.POLL_SECONDS):

@@ -83,8 +83,11 @@ class NotifySink(Sink):
     """READY / WATCHDOG / STATUS / STOPPING for a ``Type=notify`` systemd service."""
 
     def __init__(self, env: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 device: str | int | None = None):
         self.notifier = Notifier(env)
+        self.device = device
+        """``audio.device`` as configured (named in the waiting STATUS)."""
         self.clock = clock
         wd = self.notifier.watchdog_seconds
         self.ping_interval = wd / 2.0 if wd else None
@@ -96,12 +99,16 @@ class NotifySink(Sink):
         self._keeper: threading.Thread | None = None
         self.windows = 0
         self._base_status = ""
+        self._listening = ""
+        self._device_state: str | None = None
         self._mqtt_problem: str | None = None
 
     def start(self, labels, model_version):
         if not self.notifier.enabled:
             return
-        self._base_status = f"listening for {len(labels)} labels (model {model_version})"
+        self._listening = f"listening for {len(labels)} labels (model {model_version})"
+        if self._device_state is None:
+            self._base_status = self._listening
         self.notifier.send("READY=1", self._status_line())
         self._ping(force=True)
         if self.ping_interval:
@@ -138,8 +145,13 @@ class NotifySink(Sink):
     def status(self, key, value):
         if key != "device" or not self.notifier.enabled:
             return
-        if value == "lost":
-            self._base_status = "audio device lost; retrying"
+        previous, self._device_state = self._device_state, value
+        if value in ("lost", "waiting"):
+            # no windows run meanwhile: a helper keeps the watchdog fed (a restart
+            # would not bring the microphone back)
+            wanted = "(the default input)" if self.device is None else repr(self.device)
+            self._base_status = ("audio device lost; retrying" if value == "lost"
+                                 else f"waiting for audio device {wanted}; retrying")
             self.notifier.send(self._status_line())
             self._device_lost.set()
             if self.ping_interval and (self._keeper is None or not self._keeper.is_alive()):
@@ -148,7 +160,10 @@ class NotifySink(Sink):
                 self._keeper.start()
         else:
             self._device_lost.clear()
-            self._base_status = "listening (audio device back)"
+            if previous not in ("lost", "waiting"):
+                return  # the first audio after a normal start: STATUS already says listening
+            back = "; audio device back" if previous == "lost" else ""
+            self._base_status = (self._listening or "listening") + back
             self.notifier.send(self._status_line())
 
     def _keep_alive(self) -> None:

@@ -494,7 +494,7 @@ def build_sinks(config: "Config", sample_rate: int,
             logger.warning("NOTIFY_SOCKET is set but detector.notify is missing; "
                            "systemd will not get READY=1")
     else:
-        notify = NotifySink()
+        notify = NotifySink(device=config.audio.device)
         sinks.append(notify)
     if config.mqtt.enabled:
         MqttSink = _import("detector.mqtt", "MqttSink", "mqtt.enabled")

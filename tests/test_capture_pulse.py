@@ -4,6 +4,8 @@ counting, and device loss / reconnect."""
 
 from __future__ import annotations
 
+import logging
+
 import threading
 import time
 
@@ -103,18 +105,37 @@ def test_device_by_case_insensitive_substring_and_index(pulse_mic):
     assert resolve_device(None)[1]["name"] in ("default", "pulse")  # ALSA default -> PulseAudio
 
 
-def test_unknown_device_name_lists_inputs(pulse_mic):
-    src = MicSource(AudioConfig(device="no-such-microphone-xyz"), RATE)
+def test_unknown_device_name_waits_and_lists_inputs(pulse_mic, caplog):
+    """A device that is not there is waited for (status "waiting"), not an error; the
+    one warning line names it and lists the inputs that are there."""
     with pytest.raises(DeviceError) as info:
-        src.start()
+        resolve_device("no-such-microphone-xyz")
     message = str(info.value)
     assert "\n" not in message
     assert "'no-such-microphone-xyz'" in message and "pulse" in message
+    statuses = []
+    src = MicSource(AudioConfig(device="no-such-microphone-xyz"), RATE,
+                    on_status=statuses.append)
+    with caplog.at_level(logging.WARNING, logger="detector.capture"):
+        src.start()
+    try:
+        assert statuses == ["waiting"] and not src.connected
+        line = next(r.getMessage() for r in caplog.records
+                    if "waiting for audio device" in r.getMessage())
+        assert "\n" not in line and "'no-such-microphone-xyz'" in line and "pulse" in line
+        assert src.read(timeout=0.5) is None
+    finally:
+        src.stop()
 
 
 def test_unknown_device_index(pulse_mic):
     with pytest.raises(DeviceError, match="index 999 is not an input device"):
-        MicSource(AudioConfig(device=999), RATE).start()
+        resolve_device(999)
+    statuses = []
+    src = MicSource(AudioConfig(device=999), RATE, on_status=statuses.append)
+    src.start()
+    src.stop()
+    assert statuses == ["waiting"]
 
 
 def test_capture_at_48k_is_resampled_to_16k(pulse_mic):

@@ -173,11 +173,28 @@ def test_debug_logging_and_no_timestamps_under_journald(files):
     assert plain.stderr.splitlines()[0][2] == ":"  # HH:MM:SS first
 
 
-def test_run_without_a_microphone_is_one_line(files):
+def test_run_without_its_microphone_waits_for_it(files):
+    """A missing device is not an exit: `run` says it waits, retries, and stops cleanly."""
     d, model, _ = files
-    result = cli("run", "--model", model, "--device", "no-such-device-xyz", timeout=60)
-    line = one_error_line(result)
-    assert "no-such-device-xyz" in line or "device" in line
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "detector", "run", "--model", str(model),
+                             "--device", "no-such-device-xyz"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        err = LineReader(proc.stderr)
+        deadline = time.monotonic() + 30
+        while not any("waiting for audio device 'no-such-device-xyz'" in l for l in err.all):
+            assert proc.poll() is None, "".join(err.all)
+            assert time.monotonic() < deadline, "".join(err.all)
+            time.sleep(0.05)
+        time.sleep(1.5)  # several retries
+        assert proc.poll() is None, "it must keep waiting"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in "".join(err.all)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_sigterm_stops_a_realtime_replay_cleanly(files, tmp_path):

@@ -97,6 +97,37 @@ def test_device_loss_keeps_the_watchdog_fed(notify_socket):
     assert sink._keeper is not None and not sink._keeper.is_alive()
 
 
+def test_status_tells_the_truth_about_the_device(notify_socket):
+    """Audio arriving after a normal start changes nothing (no "device back" without a
+    loss); a device missing at start is "waiting for audio device …" with the watchdog
+    fed; its arrival, and a later loss and return, say what happened."""
+    sock, address = notify_socket
+    sink = NotifySink({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}, device="USB mic")
+    sink.start(["siren"], "v1")
+    receive_all(sock)
+    sink.status("device", "connected")
+    assert [m for m in receive_all(sock) if m != "WATCHDOG=1"] == []
+    sink.status("device", "waiting")
+    assert sock.recv(4096) == b"STATUS=waiting for audio device 'USB mic'; retrying"
+    sock.settimeout(5)
+    assert sock.recv(4096) == b"WATCHDOG=1" and sock.recv(4096) == b"WATCHDOG=1"
+    sink.status("device", "connected")
+    assert [m for m in receive_all(sock) if m != "WATCHDOG=1"] == \
+        ["STATUS=listening for 1 labels (model v1)"]
+    sink.status("device", "lost")
+    sink.status("device", "connected")
+    assert [m for m in receive_all(sock) if m != "WATCHDOG=1"] == \
+        ["STATUS=audio device lost; retrying",
+         "STATUS=listening for 1 labels (model v1); audio device back"]
+    sink.close()
+    default = NotifySink({"NOTIFY_SOCKET": address})
+    default.start(["siren"], "v1")
+    receive_all(sock)
+    default.status("device", "waiting")
+    assert sock.recv(4096) == b"STATUS=waiting for audio device (the default input); retrying"
+    default.close()
+
+
 def test_watchdog_pid_of_another_process_is_ignored(notify_socket):
     sock, address = notify_socket
     sink = NotifySink({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000",
