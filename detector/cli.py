@@ -236,7 +236,7 @@ class _RssProbe(Sink):
 
 
 def _build(config, classifier, source_factory, *, live: bool, stdout: bool | None,
-           show_scores: bool, record: bool = False, extra_sinks=()):
+           show_scores: bool, record: bool = False, extra_sinks=(), file_offsets: bool = False):
     from .pipeline import Pipeline, build_sinks
     from .stdout_sink import ScoresView
 
@@ -254,7 +254,8 @@ def _build(config, classifier, source_factory, *, live: bool, stdout: bool | Non
     source = source_factory(sample_rate, on_status)
     extra = ([ScoresView()] if show_scores else []) + list(extra_sinks)
     sinks = build_sinks(config, sample_rate, on_control=on_control, stdout=stdout, extra=extra)
-    pipeline = Pipeline(config, source, classifier, sinks, live=live, record_scores=record)
+    pipeline = Pipeline(config, source, classifier, sinks, live=live, record_scores=record,
+                        file_offsets=file_offsets)
     holder.append(pipeline)
     return pipeline
 
@@ -294,7 +295,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     pipeline = _build(config, classifier, source, live=args.realtime, stdout=True,
                       show_scores=args.show_scores, record=bool(args.plot),
-                      extra_sinks=[_RssProbe()] if args.stats else [])
+                      extra_sinks=[_RssProbe()] if args.stats else [], file_offsets=True)
     cpu0, wall0, rss0 = time.process_time(), time.perf_counter(), _rss_mb()
     _run_pipeline(pipeline)
     if args.stats:

@@ -119,6 +119,10 @@ class EventTracker:
         """Labels that can produce events (model outputs minus background)."""
         return tuple(label for label in self.labels if label not in self.background)
 
+    def onset_of(self, label: str) -> float:
+        """Time of the window where ``label``'s current (or last) event turned on."""
+        return self._states[self._check_label(label)].onset
+
     @property
     def enabled_labels(self) -> tuple[str, ...]:
         """Event labels that may fire now (``events.labels`` and runtime control)."""

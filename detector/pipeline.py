@@ -25,6 +25,7 @@ more than :data:`REANCHOR_SECONDS` from it (dropped blocks, a lost device).
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import math
@@ -133,7 +134,8 @@ class Pipeline:
 
     def __init__(self, config: "Config", source: "AudioSource", classifier: "Classifier",
                  sinks: Sequence[Sink] = (), *, live: bool = False,
-                 record_scores: bool = False, node: str | None = None):
+                 record_scores: bool = False, node: str | None = None,
+                 file_offsets: bool = False):
         meta = classifier.metadata
         self.config = config
         self.source = source
@@ -144,6 +146,11 @@ class Pipeline:
             raise ConfigError(f"audio source delivers {source.sample_rate} Hz but the model "
                               f"needs {self.params.sample_rate} Hz")
         self.live = live
+        self.file_offsets = file_offsets
+        """Replay: every event also carries ``offset_s``, its start in seconds from the
+        first sample of the stream (the position in the file, whatever the clock)."""
+        self._window_positions: collections.deque = collections.deque(maxlen=4096)
+        self._offsets: dict[str, float] = {}
         self.sinks = SinkSet(sinks)
         node = node if node is not None else config.mqtt.resolved_node_id
         self.tracker = EventTracker(meta.labels, config.events, meta.thresholds,
@@ -443,6 +450,8 @@ class Pipeline:
             self.inferences += 1
         self._last_level = level
         self._drain_controls()
+        if self.file_offsets:
+            self._window_positions.append((now, col_end / self.params.sample_rate))
         events = self.tracker.update(scores, level, now)
         self.windows += 1
         if self.record_scores:
@@ -461,7 +470,22 @@ class Pipeline:
         self._features_s = 0.0
         self.sinks.call("window", dict(self.tracker.smoothed), level, now, timing)
 
+    def _offset_of(self, event: dict) -> float:
+        """Seconds from the stream's first sample to the event's onset window."""
+        if event["type"] == "start" or event["id"] not in self._offsets:
+            onset = self.tracker.onset_of(event["label"])
+            position = next((pos for when, pos in reversed(self._window_positions)
+                             if when == onset), None)
+            if position is None:  # older than the remembered windows: the stream clock
+                position = onset - (self.started_at or onset)
+            self._offsets[event["id"]] = round(max(0.0, position), 3)
+        if event["type"] == "end":
+            return self._offsets.pop(event["id"])
+        return self._offsets[event["id"]]
+
     def _emit(self, event: dict) -> None:
+        if self.file_offsets:
+            event["offset_s"] = self._offset_of(event)
         logger.debug("%s %s (score %.2f, peak %.2f)", event["type"], event["label"],
                      event["score"], event["peak_score"])
         self.events_out += 1

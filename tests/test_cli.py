@@ -321,3 +321,27 @@ def test_replay_repeat_is_one_continuous_stream(files):
     assert len(stats) == 1 and "12.0 s of audio" in stats[0] and "ms per second" in stats[0]
     assert "must be >= 1" in one_error_line(cli("replay", tone, "--model", model,
                                                 "--repeat", "0"))
+
+
+def test_replay_events_carry_their_offset_in_the_file(files, tmp_path):
+    """`offset_s`: seconds from the start of the file to the event's onset window, the
+    same whatever the wall clock (fast or --realtime) and continuing over --repeat."""
+    d, model, _ = files
+    wav = write_tone_wav(tmp_path / "two.wav", [(1.0, 2.5, 1000.0), (6.0, 7.5, 1000.0)],
+                         seconds=9.0)
+
+    def starts(*extra):
+        result = cli("replay", wav, "--model", model, *extra, timeout=120)
+        assert result.returncode == 0, result.stderr
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        for start, end in zip(events[::2], events[1::2]):
+            assert start["id"] == end["id"] and start["offset_s"] == end["offset_s"]
+        return [e["offset_s"] for e in events if e["type"] == "start"]
+
+    fast = starts()
+    assert len(fast) == 2 and 1.0 < fast[0] < 2.0 and 6.0 < fast[1] < 7.0
+    assert fast[1] - fast[0] == pytest.approx(5.0, abs=1e-6)  # sample-exact positions
+    assert starts("--realtime") == fast
+    repeated = starts("--repeat", "2")
+    assert repeated[:2] == fast
+    assert repeated[2:] == pytest.approx([x + 9.0 for x in fast], abs=1e-6)
