@@ -287,9 +287,12 @@ class MqttSink(Sink):
         if not self._started:
             self.outbox.close()
             return
-        # flush: wait for a connected broker, or for one that was there and may come back
+        # flush: wait for a connected broker, for one that was there and may come back,
+        # or for the first connection while no attempt has failed yet (a short replay
+        # can end before it; messages queued by an earlier run must still go out)
         deadline = time.monotonic() + FLUSH_SECONDS
-        while (len(self.outbox) and (self._connected.is_set() or self._ever_connected)
+        while (len(self.outbox) and (self._connected.is_set() or self._ever_connected
+                                     or self._problem is None)
                and time.monotonic() < deadline):
             time.sleep(0.05)
         self._stop.set()
