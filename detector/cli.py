@@ -335,23 +335,38 @@ class _Repeat:
         self._src.stop()
 
 
-def _rss_mb() -> float:
-    """Current resident set size in MB (Linux /proc; 0 elsewhere)."""
+def _proc_status_mb(field: str) -> float | None:
+    """A ``kB`` field of /proc/self/status in MB (Linux); None elsewhere."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
-    return 0.0
+    return None
+
+
+def _rss_mb() -> float:
+    """Current resident set size in MB (Linux /proc; 0 elsewhere)."""
+    return _proc_status_mb("VmRSS") or 0.0
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size in MB. ``ru_maxrss`` is the kernel's high-water mark, which
+    is only brought up to date at some events, so it can lag the current RSS; VmHWM in
+    /proc is that mark updated with the current RSS, and the peak is never below now."""
+    import resource
+
+    marks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+             _proc_status_mb("VmHWM") or 0.0, _rss_mb()]
+    return max(marks)
 
 
 def _print_stats(pipeline, cpu_s: float, wall_s: float, rss_start_mb: float) -> None:
-    import resource
-
     audio_s = pipeline.samples_in / pipeline.params.sample_rate
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss_end_mb = _rss_mb()
+    rss_mb = _peak_rss_mb()
     per_s = 1000.0 * cpu_s / audio_s if audio_s else float("nan")
     runs = pipeline.inferences
     model_ms = 1000.0 * pipeline.inference_s / runs if runs else 0.0
@@ -360,7 +375,7 @@ def _print_stats(pipeline, cpu_s: float, wall_s: float, rss_start_mb: float) -> 
           f"of audio; wall {wall_s:.2f} s ({audio_s / wall_s if wall_s else 0:.0f}x real "
           f"time); model {model_ms:.2f} ms per window ({pipeline.windows - runs} quiet windows "
           f"skipped it); RSS {rss_start_mb:.1f} MB at start, "
-          f"{_rss_mb():.1f} MB at end, peak {rss_mb:.1f} MB", file=sys.stderr)
+          f"{rss_end_mb:.1f} MB at end, peak {rss_mb:.1f} MB", file=sys.stderr)
 
 
 def _plotter():
@@ -373,21 +388,33 @@ def _plotter():
     return plot_scores
 
 
-def _plot(plot_scores, pipeline, classifier, out_png: str) -> None:
+def plot_inputs(pipeline, classifier) -> dict:
+    """What ``--plot`` draws: the scores the event tracker decided on (gated and smoothed,
+    not the raw model output), the on-thresholds in force and the events, so a curve
+    above its dashed line is a label that fired."""
     import numpy as np
 
     labels = list(classifier.labels)
-    scores = (np.vstack(pipeline.score_rows) if pipeline.score_rows
+    scores = (np.vstack(pipeline.smoothed_rows) if pipeline.smoothed_rows
               else np.zeros((0, len(labels)), dtype=np.float32))
     # every start has its end (the tracker closes open events at the end of the file),
     # and each message has its own id, so the end events alone carry the spans
     ends = [e for e in pipeline.events if e["type"] == "end"]
-    thresholds = {label: pipeline.tracker.thresholds(label)
-                  for label in pipeline.tracker.event_labels}
-    plot_scores(np.asarray(pipeline.score_times), scores, labels, ends, out_png,
-                thresholds=thresholds, stream_start=pipeline.started_at,
-                title=f"{Path(str(getattr(pipeline.source, 'path', ''))).name or 'replay'} - "
-                      f"model {classifier.metadata.model_version}")
+    tracker = pipeline.tracker
+    thresholds = {label: tracker.thresholds(label) for label in tracker.enabled_labels}
+    return {"times": np.asarray(pipeline.score_times), "scores": scores, "labels": labels,
+            "events": ends, "thresholds": thresholds}
+
+
+def _plot(plot_scores, pipeline, classifier, out_png: str) -> None:
+    data = plot_inputs(pipeline, classifier)
+    n = pipeline.tracker.settings.smoothing_windows
+    name = Path(str(getattr(pipeline.source, "path", ""))).name or "replay"
+    plot_scores(data["times"], data["scores"], data["labels"], data["events"], out_png,
+                thresholds=data["thresholds"], stream_start=pipeline.started_at,
+                title=f"{name} - model {classifier.metadata.model_version}: scores as the "
+                      f"events were decided (gated, smoothed over {n} window"
+                      f"{'s' if n != 1 else ''})")
     logger.info("scores plot written to %s", out_png)
 
 

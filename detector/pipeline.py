@@ -207,6 +207,9 @@ class Pipeline:
         """With ``record_scores``: window times in seconds from the start."""
         self.score_rows: list[np.ndarray] = []
         """With ``record_scores``: the raw model scores of every window."""
+        self.smoothed_rows: list[np.ndarray] = []
+        """With ``record_scores``: the scores the event tracker decided on (gated and
+        smoothed, in model label order) after every window."""
         self.events: list[dict] = []
         """With ``record_scores``: copies of every event emitted."""
         self.level_rows: list[float] = []
@@ -455,8 +458,13 @@ class Pipeline:
         events = self.tracker.update(scores, level, now)
         self.windows += 1
         if self.record_scores:
-            self.score_times.append(now - (self.started_at or 0.0))
+            # the window's position in the stream (sample-exact, like offset_s)
+            self.score_times.append(col_end / self.params.sample_rate)
             self.score_rows.append(np.array(scores, dtype=np.float32))
+            smoothed = self.tracker.smoothed
+            self.smoothed_rows.append(np.array([smoothed.get(label, 0.0)
+                                                for label in self.meta.labels],
+                                               dtype=np.float32))
             self.level_rows.append(level)
             embedding = getattr(self.classifier, "embedding", None)
             if embedding is not None:

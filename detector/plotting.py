@@ -193,7 +193,7 @@ def plot_scores(times: Sequence[float], scores, labels: Sequence[str],
         note += "; dashed lines: on-thresholds"
     if len(chosen) < len(labels):
         note += f"; top {len(chosen)} of {len(labels)} classes drawn"
-    ax.set_title(f"{title or 'Scores over the recording'} ({note})")
+    ax.set_title(f"{title or 'Scores over the recording'}\n{note}", fontsize=10)
     ax.grid(alpha=0.3)
     if chosen:
         fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper",

@@ -345,3 +345,18 @@ def test_replay_events_carry_their_offset_in_the_file(files, tmp_path):
     repeated = starts("--repeat", "2")
     assert repeated[:2] == fast
     assert repeated[2:] == pytest.approx([x + 9.0 for x in fast], abs=1e-6)
+
+
+def test_stats_peak_rss_is_never_below_start_or_end(files):
+    """`--stats` reported a peak below the end RSS on every run (ru_maxrss lags the
+    current RSS); the peak must be the real high-water mark."""
+    import re
+
+    d, model, tone = files
+    for args in (("replay", tone, "--model", model, "--stats"), ("replay", "--stats")):
+        result = cli(*args, timeout=120)
+        assert result.returncode == 0, result.stderr
+        line = next(l for l in result.stderr.splitlines() if l.startswith("stats: "))
+        start, end, peak = map(float, re.search(
+            r"RSS ([\d.]+) MB at start, ([\d.]+) MB at end, peak ([\d.]+) MB", line).groups())
+        assert peak >= end and peak >= start, line
