@@ -378,7 +378,7 @@ class FrontEnd:
         self._finish(mel, out)
         return out
 
-    frames_to_logmel = frames_to_features
+    frames_to_logmel = frames_to_features  # the name from before there were two kinds
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         """Whole signal -> ``[frames, n_mels]`` (``center=False`` framing)."""
@@ -488,7 +488,6 @@ class StreamingFrontEnd:
         params = frontend.params
         self.params = params
         self.frontend = frontend
-        self._logmel = frontend
         self._window = frontend.window
         self._mel_t = frontend.mel_t
         self._finish = frontend._finish
