@@ -10,6 +10,7 @@ device. Other nodes and other programs' topics are never touched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -36,7 +37,9 @@ def remove_node(settings, node_id: str | None = None,
     node = node_id or settings.node_id or getattr(settings, "resolved_node_id", None)
     if not node:
         raise DetectorError("homeassistant --remove: no node id; set mqtt.node_id or pass --node-id")
-    sink = MqttSink(settings)
+    # an in-memory outbox: this helper queues nothing, and must never open (or create)
+    # the service's SQLite queue
+    sink = MqttSink(dataclasses.replace(settings, queue_path=None))
     if node_id:
         sink.node_id, sink.prefix = node_id, f"{settings.base_topic}/{node_id}"
     client = sink.client

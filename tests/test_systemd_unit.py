@@ -203,9 +203,14 @@ def test_install_and_uninstall_into_a_staging_root(source_copy, tmp_path, mosqui
     pub.loop_stop()
     assert len(retained_all(mosquitto.port, "homeassistant/+/garden/+/config")) == 3
 
+    queue_before = Path(config.mqtt.queue_path).exists()
     out = run_script(source_copy / "scripts" / "uninstall.sh", "--prefix", str(root))
     assert out.returncode == 0, out.stderr
     assert "removed node garden" in out.stdout, out.stdout + out.stderr
+    # the removal never touches the service's queue (queue_path is an absolute path of
+    # the real system, outside the staging root)
+    assert not Path(config.mqtt.queue_path).exists() or queue_before, \
+        "homeassistant --remove created the service's outbox"
     assert retained_all(mosquitto.port, "homeassistant/+/garden/+/config") == {}
     assert retained_all(mosquitto.port, "sound-detector/garden/#") == {}
     assert f"{root}/opt/sound-detector" in out.stdout  # paths as they are, with the prefix
