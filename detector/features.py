@@ -30,6 +30,7 @@ whole signal for any block size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -149,6 +150,12 @@ FEATURE_KINDS = ("logmel_db", "mn_logmel")
 def _number(key: str, value: object, kind: type) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"feature_params.{key}={value!r} must be a number")
+    try:
+        if not math.isfinite(float(value)):
+            raise OverflowError
+    except OverflowError:  # inf from 1e999, or an integer beyond float range
+        raise ConfigError(f"feature_params.{key}={str(value)[:40]} must be a finite number") \
+            from None
     if kind is int:
         if float(value) != int(value):
             raise ConfigError(f"feature_params.{key}={value!r} must be a whole number")

@@ -9,6 +9,7 @@ them with :meth:`ModelMetadata.from_props` and refuses a model without them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -24,6 +25,77 @@ OPTIONAL_KEYS = ("input_layout", "thresholds", "background_labels", "window_hop_
                  "feature_params", "embedding_output", "embedding_dim")
 SUPPORTED_FEATURES = FEATURE_KINDS
 SUPPORTED_LAYOUTS = ("NTMC",)  # [batch, frames, n_mels, 1]
+MAX_LABELS = 4096
+MAX_LABEL_CHARS = 256
+"""A label is a topic part and an entity name: longer ones are refused."""
+MAX_WINDOW_VALUES = 1 << 22
+"""frames x n_mels of one model window (16 MB of float32) at most."""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+class _Values:
+    """Typed, range-checked access to parsed metadata: each failure is one
+    :class:`ModelError` naming the key and its value."""
+
+    def __init__(self, values: Mapping[str, Any], source: str, prefix: str = ""):
+        self.values, self.source, self.prefix = values, source, prefix
+
+    def fail(self, key: str, what: str, wrong_type: bool = False) -> ModelError:
+        kind = " has the wrong type; it" if wrong_type else ""
+        return ModelError(f"{self.source} metadata {self.prefix}{key}="
+                          f"{_short(self.values.get(key))}{kind} "
+                          f"must be {what}")
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value, what = self.values[key], f"an integer in {low}..{high}"
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):
+            raise self.fail(key, what, wrong_type=True)
+        if not low <= value <= high:
+            raise self.fail(key, what)
+        return int(value)
+
+    def number(self, key: str, low: float, high: float, low_open: bool = False) -> float:
+        value = self.values[key]
+        what = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, what, wrong_type=True)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise self.fail(key, what) from None
+        if not (math.isfinite(number) and (low < number if low_open else low <= number)
+                and number <= high):
+            raise self.fail(key, what)
+        return number
+
+    def string(self, key: str, max_chars: int, empty: bool = True) -> str:
+        value = self.values[key]
+        what = f"a{'' if empty else ' non-empty'} string of at most {max_chars} characters"
+        if not isinstance(value, str):
+            raise self.fail(key, what, wrong_type=True)
+        if len(value) > max_chars or (not empty and not value):
+            raise self.fail(key, what)
+        return value
+
+    def strings(self, key: str, low: int) -> tuple[str, ...]:
+        value = self.values[key]
+        what = (f"a list of {low}..{MAX_LABELS} non-empty strings of at most "
+                f"{MAX_LABEL_CHARS} characters")
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise self.fail(key, what, wrong_type=True)
+        if (not low <= len(value) <= MAX_LABELS
+                or not all(0 < len(x) <= MAX_LABEL_CHARS for x in value)):
+            raise self.fail(key, what)
+        return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -99,12 +171,29 @@ class ModelMetadata:
                                  '{"mean": <number>, "std": <number>}') from None
             if not std > 0:
                 raise ModelError(f"model normalization std={std} must be > 0")
+        if self.frames * self.features.n_mels > MAX_WINDOW_VALUES:
+            raise ModelError(f"model window of {self.frames} frames x {self.features.n_mels} "
+                             f"mels exceeds {MAX_WINDOW_VALUES} values (window_seconds="
+                             f"{self.window_seconds}, hop_length={self.features.hop_length})")
         unknown = set(self.thresholds) - set(self.labels)
         if unknown:
             raise ModelError(f"model thresholds name unknown labels {sorted(unknown)}")
+        for label, value in self.thresholds.items():
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0.0 < value <= 1.0):
+                raise ModelError(f"model thresholds.{label}={_short(value)} must be a number "
+                                 "in (0, 1] (scores are in [0, 1]; above 1 it never fires)")
         unknown = set(self.background_labels) - set(self.labels)
         if unknown:
             raise ModelError(f"model background_labels name unknown labels {sorted(unknown)}")
+        if not self.event_labels:
+            raise ModelError(f"model {self.model_version}: every label is a background label "
+                             f"({', '.join(self.labels)}), so no event can ever fire")
+        hop = self.window_hop_seconds
+        if (isinstance(hop, bool) or not isinstance(hop, (int, float))
+                or not 0.0 < hop <= self.window_seconds):
+            raise ModelError(f"model window_hop_seconds={_short(hop)} must be a number in "
+                             f"(0, window_seconds={self.window_seconds}]")
         if (self.embedding_output is None) != (self.embedding_dim is None):
             raise ModelError("model metadata embedding_output and embedding_dim must be "
                              "given together (or neither)")
@@ -156,7 +245,12 @@ class ModelMetadata:
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "model") -> "ModelMetadata":
-        """Parse ``metadata_props``; raise :class:`ModelError` naming what is wrong."""
+        """Parse ``metadata_props``; raise :class:`ModelError` naming what is wrong.
+
+        Every value is type- and range-checked here (one line naming the key and the
+        value), consistency between keys in :meth:`__post_init__`; ``validate-config``
+        and every command that runs a model go through this one function.
+        """
         missing = [key for key in REQUIRED_KEYS if key not in props]
         if missing:
             raise ModelError(f"{source} lacks metadata {missing}; export it with "
@@ -165,36 +259,57 @@ class ModelMetadata:
         for key in (*REQUIRED_KEYS, *OPTIONAL_KEYS):
             if key in props:
                 try:
-                    values[key] = json.loads(props[key])
-                except (TypeError, ValueError):
-                    raise ModelError(f"{source} metadata {key}={props[key]!r} "
-                                     "is not valid JSON") from None
+                    values[key] = json.loads(props[key], parse_constant=_reject_constant)
+                except (TypeError, ValueError, RecursionError):
+                    raise ModelError(f"{source} metadata {key}={_short(props[key])} "
+                                     "is not valid JSON (NaN and Infinity are not)") from None
+        v = _Values(values, source)
         try:
             features = FeatureParams(
-                sample_rate=int(values["sample_rate"]), n_fft=int(values["n_fft"]),
-                hop_length=int(values["hop_length"]), win_length=int(values["win_length"]),
-                n_mels=int(values["n_mels"]), fmin=float(values["fmin"]),
-                fmax=float(values["fmax"]))
-            optional = {key: values[key] for key in OPTIONAL_KEYS if key in values}
-            if "background_labels" in optional:
-                optional["background_labels"] = tuple(optional["background_labels"])
-            if optional.get("thresholds") is None:
-                optional.pop("thresholds", None)
-            if optional.get("feature_params") is None:
-                optional.pop("feature_params", None)
-            elif values["feature"] == "mn_logmel":
-                optional["feature_params"] = MnParams.from_dict(optional["feature_params"])
-            dim = optional.get("embedding_dim")
-            if isinstance(dim, float) and dim.is_integer():
-                optional["embedding_dim"] = int(dim)
-            return cls(labels=tuple(str(x) for x in values["labels"]), features=features,
-                       window_seconds=float(values["window_seconds"]),
-                       feature=str(values["feature"]),
-                       normalization=values["normalization"],
-                       model_version=str(values["model_version"]),
-                       trained_on=str(values["trained_on"]),
-                       license_note=str(values["license_note"]), **optional)
+                sample_rate=v.integer("sample_rate", 1000, 384_000),
+                n_fft=v.integer("n_fft", 16, 65_536),
+                hop_length=v.integer("hop_length", 1, 65_536),
+                win_length=v.integer("win_length", 1, 65_536),
+                n_mels=v.integer("n_mels", 1, 512),
+                fmin=v.number("fmin", 0.0, 192_000.0),
+                fmax=v.number("fmax", 0.0, 192_000.0, low_open=True))
+            optional: dict[str, Any] = {}
+            if values.get("input_layout") is not None:
+                optional["input_layout"] = v.string("input_layout", 16)
+            if values.get("thresholds") is not None:
+                table = values["thresholds"]
+                if not isinstance(table, dict):
+                    raise v.fail("thresholds", "an object mapping labels to numbers in (0, 1]",
+                                 wrong_type=True)
+                optional["thresholds"] = dict(table)  # values checked in __post_init__
+            if values.get("background_labels") is not None:
+                optional["background_labels"] = v.strings("background_labels", 0)
+            if values.get("window_hop_seconds") is not None:
+                optional["window_hop_seconds"] = v.number("window_hop_seconds", 0.0, 30.0,
+                                                          low_open=True)
+            feature = v.string("feature", 32)
+            if values.get("feature_params") is not None:
+                if feature == "mn_logmel":
+                    optional["feature_params"] = MnParams.from_dict(values["feature_params"])
+                else:
+                    optional["feature_params"] = values["feature_params"]  # refused below
+            if values.get("embedding_output") is not None:
+                optional["embedding_output"] = v.string("embedding_output", 256, empty=False)
+            if values.get("embedding_dim") is not None:
+                optional["embedding_dim"] = v.integer("embedding_dim", 1, 65_536)
+            normalization = values["normalization"]
+            if normalization is not None:
+                if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:
+                    raise v.fail("normalization", 'null or {"mean": <number>, "std": <number>}',
+                                 wrong_type=True)
+                norm = _Values(normalization, source, "normalization.")
+                normalization = {"mean": norm.number("mean", -1e6, 1e6),
+                                 "std": norm.number("std", 0.0, 1e6, low_open=True)}
+            return cls(labels=v.strings("labels", 1), features=features,
+                       window_seconds=v.number("window_seconds", 0.05, 30.0),
+                       feature=feature, normalization=normalization,
+                       model_version=v.string("model_version", 200, empty=False),
+                       trained_on=v.string("trained_on", 10_000),
+                       license_note=v.string("license_note", 10_000), **optional)
         except ConfigError as exc:
             raise ModelError(f"{source} metadata is inconsistent: {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{source} metadata has a value of the wrong type: {exc}") from None

@@ -331,9 +331,6 @@ def check_against_model(config: "Config", meta: ModelMetadata) -> None:
     background = set(meta.background_labels)
     known = ", ".join(meta.event_labels)
     ev = config.events
-    if not meta.event_labels:
-        raise ModelError(f"model {meta.model_version}: every label is a background label "
-                         f"({', '.join(meta.labels)}), so no event can ever fire")
     if ev.labels is not None and not ev.labels:
         raise ConfigError("events.labels = [] enables no label, so no event can ever fire; "
                           f"omit it to use every event label of the model ({known})")

@@ -126,8 +126,8 @@ def test_setups_that_can_never_fire_are_refused(tmp_path, model):
     conf.write_text("[events]\nlabels = []\n")
     line = one_line(cli("validate-config", conf, "--model", model))
     assert "events.labels = []" in line and "no event can ever fire" in line
-    allbg = make_band_model(tmp_path / "bg.onnx", background_labels=["siren", "dog_bark",
-                                                                      "background"])
+    allbg = make_band_model(tmp_path / "bg.onnx", extra_props={
+        "background_labels": ["siren", "dog_bark", "background"]})
     ok = tmp_path / "ok.toml"
     ok.write_text("")
     line = one_line(cli("validate-config", ok, "--model", allbg))
