@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.custom import ROOM_FLOOR_DBFS
 from detector.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def background_files(data: Path, sources=SOURCES, skip_kinds=()) -> list[tuple[P
 
 
 def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WINDOWS_PER_FILE,
-          progress: bool = True):
+          progress: bool = True, min_floor_dbfs: float | None = None):
     """The :class:`detector.custom.BackgroundSet` of ``files`` through ``model``."""
     from detector.config import Config
     from detector.custom import BackgroundSet, embed_samples, read_audio
@@ -78,7 +79,8 @@ def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WIND
     embeddings, ids = [], []
     logging.getLogger("detector.pipeline").setLevel(logging.WARNING)
     for n, (path, kind) in enumerate(files):
-        win = embed_samples(classifier, read_audio(path, rate), config, name=path.name, seed=n)
+        win = embed_samples(classifier, read_audio(path, rate), config, name=path.name, seed=n,
+                            min_floor_dbfs=min_floor_dbfs)
         keep = np.flatnonzero(win.levels >= gate)
         if keep.size > per_file:
             keep = keep[np.linspace(0, keep.size - 1, per_file).round().astype(int)]
@@ -103,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which collections to read (default: all)")
     parser.add_argument("--skip-kind", action="append", default=[], metavar="KIND",
                         help="leave a kind out (e.g. to hold it out of an evaluation)")
+    parser.add_argument("--min-floor-dbfs", type=float, default=ROOM_FLOOR_DBFS,
+                        help="files quieter than this between sounds are heard in white noise "
+                        "at this level, as in a room (default: %(default)s)")
     parser.add_argument("--windows-per-file", type=int, default=WINDOWS_PER_FILE,
                         help="windows kept per file (default: %(default)s)")
 
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--windows-per-file {args.windows_per_file} must be >= 1")
     files = background_files(Path(args.data), args.sources, args.skip_kind)
     started = time.process_time()
-    bg = build(args.model, files, args.windows_per_file)
+    bg = build(args.model, files, args.windows_per_file, min_floor_dbfs=args.min_floor_dbfs)
     out = Path(args.out) if args.out else shipped_background_path(bg.model_version)
     bg.save(out)
     print(f"wrote {out}: {bg.embeddings.shape[0]} windows x {bg.embeddings.shape[1]} from "
