@@ -15,11 +15,14 @@ export use):
     is defined at 32 kHz: pre-emphasis 0.97, n_fft 1024, 800-sample symmetric
     Hann, hop 320, 128 Kaldi mel bands 0-15000 Hz, ``ln(mel + 1e-5)``. At 16 kHz
     with n_fft 512 the FFT bins are 31.25 Hz apart, as the 32 kHz grid's, so the
-    32 kHz mel matrix applies bin for bin (bands above 8 kHz get no energy and
-    sit at the floor, as they do for 16 kHz audio upsampled by 2). The window is
-    the 800-point one sampled at every second point; pre-emphasis becomes its
-    32 kHz power response per bin and the 2x longer window at 2x the rate a power
-    gain of 4, both folded into the mel matrix. Parameters: :class:`MnParams`.
+    32 kHz mel matrix applies bin for bin. The network hears 16 kHz audio
+    upsampled by 2, and the upsampler's response is folded into that matrix too:
+    its droop below 8 kHz and the mirror image it leaves above 8 kHz (so the
+    bands up to ~9.5 kHz carry energy as they do for the network; the highest
+    are near the floor). The window is the 800-point one sampled at every second
+    point; pre-emphasis becomes its 32 kHz power response per bin and the 2x
+    longer window at 2x the rate a power gain of 4, all folded into the matrix.
+    Parameters: :class:`MnParams`.
 
 Both compute ``center=False`` frames (``1 + (N - n_fft) // hop_length``).
 :class:`StreamingFrontEnd` computes one column per hop as audio arrives and
@@ -199,6 +202,16 @@ class MnParams:
     mel_n_fft: int = 1024
     """FFT size of that grid (no weight on its Nyquist bin, as Kaldi); its bin
     spacing mel_rate / mel_n_fft must equal sample_rate / n_fft."""
+    upsample_rate: int = 32000
+    """Rate the network's audio was upsampled to from ``sample_rate`` (equal to it: none).
+    A grid bin at f then holds the upsampler's |H(f)|^2 times the model's spectrum at f
+    folded into 0..sample_rate/2 (the image of f above sample_rate / 2)."""
+    upsample_taps: int = 41
+    """Taps of the upsampler: a Kaiser-windowed sinc FIR cut at sample_rate / 2 with DC
+    gain 1 (``scipy.signal.resample_poly``'s design: 41 taps for x2); 0 = ideal (no
+    droop, no image: the bands above sample_rate / 2 sit at the floor)."""
+    upsample_beta: float = 5.0
+    """Kaiser window beta of that FIR (``resample_poly``: 5.0)."""
     power_scale: float = 4.0
     """Factor on the power spectrum: 4 = a 2x-upsampled signal under a 2x longer window."""
     log: str = "ln"
@@ -225,6 +238,12 @@ class MnParams:
             (self.mel_n_fft >= 16, f"feature_params.mel_n_fft={self.mel_n_fft} must be >= 16"),
             (self.mel_fmax <= self.mel_rate / 2,
              f"feature_params.mel_fmax={self.mel_fmax} must be <= mel_rate/2={self.mel_rate / 2}"),
+            (self.upsample_rate >= 1000,
+             f"feature_params.upsample_rate={self.upsample_rate} must be >= 1000"),
+            (self.upsample_taps == 0 or (self.upsample_taps >= 3 and self.upsample_taps % 2 == 1),
+             f"feature_params.upsample_taps={self.upsample_taps} must be 0 or an odd number >= 3"),
+            (self.upsample_beta >= 0,
+             f"feature_params.upsample_beta={self.upsample_beta} must be >= 0"),
             (self.power_scale > 0, f"feature_params.power_scale={self.power_scale} must be > 0"),
             (self.log in ("ln",), f"feature_params.log={self.log!r} is not supported (expected 'ln')"),
             (self.log_offset > 0, f"feature_params.log_offset={self.log_offset} must be > 0"),
@@ -248,6 +267,9 @@ class MnParams:
             (self.window_offset + features.win_length <= features.n_fft,
              f"feature_params.window_offset={self.window_offset} + win_length="
              f"{features.win_length} must be <= n_fft={features.n_fft}"),
+            (self.upsample_rate % rate == 0,
+             f"feature_params.upsample_rate={self.upsample_rate} must be a multiple of "
+             f"sample_rate={rate}"),
             (self.mel_rate * features.n_fft == rate * self.mel_n_fft,
              f"feature_params.mel_rate/mel_n_fft={self.mel_rate}/{self.mel_n_fft} must give "
              f"the bin spacing of sample_rate/n_fft={rate}/{features.n_fft}"),
@@ -337,21 +359,55 @@ def mn_window(features: FeatureParams, mn: MnParams) -> np.ndarray:
     return padded
 
 
-def mn_bin_gains(features: FeatureParams, mn: MnParams) -> np.ndarray:
-    """Per-FFT-bin power factor: pre-emphasis power response times ``power_scale``."""
-    freqs = np.fft.rfftfreq(features.n_fft, d=1.0 / features.sample_rate)
-    response = 1.0 - mn.preemphasis * np.exp(-2j * np.pi * freqs / mn.preemphasis_rate)
-    return (response.real ** 2 + response.imag ** 2) * mn.power_scale
+def upsampler_fir(mn: MnParams, sample_rate: int) -> np.ndarray:
+    """Impulse response of the upsampler at ``upsample_rate`` (DC gain 1).
+
+    A Kaiser-windowed sinc cut at ``sample_rate / 2``, as ``scipy.signal.firwin``
+    builds it for ``resample_poly`` (before that scales it by the factor).
+    """
+    cutoff = sample_rate / mn.upsample_rate  # fraction of the upsampled Nyquist
+    n = np.arange(mn.upsample_taps) - (mn.upsample_taps - 1) / 2
+    fir = cutoff * np.sinc(cutoff * n) * np.kaiser(mn.upsample_taps, mn.upsample_beta)
+    return fir / fir.sum()
+
+
+def upsampler_power(mn: MnParams, sample_rate: int, freqs: np.ndarray) -> np.ndarray:
+    """|H(f)|^2 of the upsampler at ``freqs`` (Hz); ideal (1 up to sample_rate / 2,
+    0 above) without taps or without upsampling."""
+    freqs = np.asarray(freqs, dtype=np.float64)
+    if mn.upsample_taps == 0 or mn.upsample_rate == sample_rate:
+        return (freqs <= sample_rate / 2).astype(np.float64)
+    fir = upsampler_fir(mn, sample_rate)
+    phase = np.exp(-2j * np.pi * np.outer(freqs / mn.upsample_rate, np.arange(fir.shape[0])))
+    response = phase @ fir
+    power = response.real ** 2 + response.imag ** 2
+    return np.where(freqs <= mn.upsample_rate / 2, power, 0.0)
 
 
 def mn_filterbank(features: FeatureParams, mn: MnParams) -> np.ndarray:
-    """The mel matrix on this model's bins, ``[n_mels, 1 + n_fft // 2]`` (no gains)."""
+    """The network's bands on this model's bins, ``[n_mels, 1 + n_fft // 2]``.
+
+    Each bin k of the network's grid (frequency f_k) is what the upsampler passes
+    of the model's spectrum at f_k folded into 0..sample_rate/2, times |H(f_k)|^2,
+    times the pre-emphasis power response at f_k and ``power_scale``; it adds its
+    mel weights to that model bin. Below sample_rate / 2 a grid bin is the model
+    bin itself (droop only); above, its mirror image.
+    """
+    rate = features.sample_rate
     grid = kaldi_mel_filterbank(features.n_mels, mn.mel_n_fft, mn.mel_rate,
                                 mn.mel_fmin, mn.mel_fmax)
+    spacing = mn.mel_rate / mn.mel_n_fft  # == rate / n_fft (checked)
+    freqs = np.arange(grid.shape[1]) * spacing
+    response = 1.0 - mn.preemphasis * np.exp(-2j * np.pi * freqs / mn.preemphasis_rate)
+    gains = ((response.real ** 2 + response.imag ** 2) * mn.power_scale
+             * upsampler_power(mn, rate, freqs))
+    folded = np.abs(np.mod(freqs + rate / 2, rate) - rate / 2)  # alias into 0..rate/2
+    source = np.rint(folded / spacing).astype(int)
     n_bins = features.n_fft // 2 + 1
     out = np.zeros((features.n_mels, n_bins))
-    shared = min(n_bins, grid.shape[1])
-    out[:, :shared] = grid[:, :shared]
+    weighted = grid * gains[None, :]
+    keep = (gains > 0) & (source < n_bins)
+    np.add.at(out.T, source[keep], weighted[:, keep].T)
     return out
 
 
@@ -435,10 +491,10 @@ class MnLogMel(FrontEnd):
         self.params = params
         self.mn = mn
         self.window = mn_window(params, mn)
-        # pre-emphasis and power scale are per-bin factors: folded into the matrix
-        self.weights = mn_filterbank(params, mn) * mn_bin_gains(params, mn)[None, :]
-        # Bands above sample_rate / 2 (the last ones) get no weight: they are the
-        # floor for any input, so only the first ``k`` bands are multiplied.
+        # pre-emphasis, power scale and the upsampler are per-bin factors, in the matrix
+        self.weights = mn_filterbank(params, mn)
+        # Bands that get no weight (above sample_rate / 2 without an upsampler image,
+        # the last ones) are the floor for any input: only the first k are multiplied.
         used = np.flatnonzero(self.weights.any(axis=1))
         k = int(used[-1]) + 1 if used.size else 0
         self.mel_t = np.ascontiguousarray(self.weights[:k].T)
