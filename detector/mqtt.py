@@ -328,7 +328,6 @@ class MqttSink(Sink):
             self._report("auth" if auth else "refused",
                          f"broker {self._where()} refused the connection: {reason}{hint}")
             return
-        self._clear_problem("connected")
         self._ever_connected = True
         logger.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
         client.subscribe([(self._t("set"), 1), (f"{self.settings.discovery_prefix}/status", 1),
@@ -336,6 +335,7 @@ class MqttSink(Sink):
         client.publish(self._t("status"), "online", qos=1, retain=True)
         self._publish_retained(client)
         self._connected.set()
+        self._clear_problem("connected")
         with self._ack_cond:
             self._ack_cond.notify_all()
 
@@ -441,17 +441,19 @@ class MqttSink(Sink):
 
     def _clear_problem(self, state: str, kinds: tuple[str, ...] | None = None) -> None:
         with self._problem_lock:
-            problem, since = self._problem, self._problem_since
+            problem, since, tries = self._problem, self._problem_since, self._problem_repeats + 1
             if problem is None or (kinds is not None and self._problem_kind not in kinds):
                 problem = None
             else:
-                kind = self._problem_kind
                 self._problem = None
                 self._problem_kind = ""
         if problem is not None:
-            logger.info("MQTT: %s %s again after %.0f s of problems (%s)",
-                        "acknowledged by" if state == "acknowledged" else "connected to",
-                        self._where(), time.monotonic() - since, kind)
+            if state == "acknowledged":
+                logger.info("MQTT: broker %s acknowledges again after %.0f s",
+                            self._where(), time.monotonic() - since)
+            else:
+                logger.info("MQTT: the connection to %s works again after %.0f s and %d "
+                            "failed attempt(s)", self._where(), time.monotonic() - since, tries)
         if self.on_state is not None and (problem is not None or state == "connected"):
             self.on_state("connected")
 
