@@ -196,7 +196,8 @@ class MnParams:
     mel_fmin: float = 0.0
     """Lowest mel band edge in Hz."""
     mel_fmax: float = 15000.0
-    """Highest mel band edge in Hz (may exceed sample_rate / 2: those bands stay at the floor)."""
+    """Highest mel band edge in Hz (may exceed sample_rate / 2: those bands get only the
+    upsampler's image, see ``upsample_taps``)."""
     mel_rate: int = 32000
     """Rate of the FFT grid the mel matrix is defined on."""
     mel_n_fft: int = 1024
