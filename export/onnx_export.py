@@ -121,6 +121,7 @@ def keras_to_onnx(model, input_name: str, output_names, frames: int | None = Non
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     renames = {out.name: new for out, new in zip(proto.graph.output, output_names)}
     for node in proto.graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
         node.output[:] = [renames.get(o, o) for o in node.output]
     for out in proto.graph.output:
         out.name = renames.get(out.name, out.name)

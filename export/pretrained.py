@@ -1,0 +1,413 @@
+"""The pretrained recipe: AudioSet mn04 trunk -> recurrent head, on every real clip there is.
+
+Pipeline (``python -m export pretrained ...``):
+
+1. **Data** (:func:`collect`): UrbanSound8K folds (labels), SESA gunshot / siren /
+   explosion (labels) and casual (background), ``negatives/`` DCASE office and ESC-50
+   kinds (background), each sample tagged with its fold group and its *kind*.
+2. **Windows** (:func:`clip_windows`): each clip is laid into quiet room noise as a
+   stream would deliver it (0.75 s before, 0.5 s after) and cut into 1 s windows every
+   0.25 s, exactly the daemon's windows. A window takes its clip's label when it holds at
+   least a fifth of the clip and its part of the clip is within 20 dB of the clip's
+   loudest window; windows of room noise alone are background; the rest are masked.
+3. **Augmentation** at the waveform: events mixed into real everyday sounds of the
+   training kinds at 0-20 dB SNR, gain changes, negatives mixed with each other and
+   pitch/time-warped, synthetic noise of several colours as extra background.
+4. **Frozen trunk cache** (:func:`embed`): the pretrained trunk (features.0-16) runs once
+   per window in onnxruntime; its frequency-pooled output ``[4, 384]`` and the released
+   AudioSet logits ``[527]`` are kept (float16).
+5. **Head** (:func:`build_head`): LSTM over the trunk's four time steps -> softmax over the
+   labels + ``background``. The exported model is trunk + head in one graph
+   (:func:`build_full_model`), with the pooled embedding as a second output.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import URBANSOUND8K_LABELS, load_urbansound8k
+
+logger = logging.getLogger(__name__)
+
+SR = 16000
+WINDOW_SECONDS = 1.0
+HOP_SECONDS = 0.25
+PRE_SECONDS = 0.75
+POST_SECONDS = 0.5
+ROOM_DBFS = -60.0
+LABELS = (*URBANSOUND8K_LABELS, "explosion", "background")
+BACKGROUND = "background"
+FOLD_GROUPS = ((1,), (2,), (3, 4, 5), (6, 7, 8, 9))
+"""Held-out fold groups of similar size (folds 4-9 are partial)."""
+KIND_GROUPS = (
+    ("esc50:cow", "esc50:pig", "esc50:hen", "dcase:keys", "dcase:drawer"),
+    ("esc50:rain", "esc50:crackling_fire", "dcase:cough", "dcase:phone", "dcase:knock"),
+    ("esc50:laughing", "esc50:sneezing", "dcase:doorslam", "dcase:pageturn", "dcase:keyboard"),
+    ("esc50:keyboard_typing", "esc50:door_wood_knock", "sesa:casual", "dcase:speech",
+     "dcase:clearthroat", "dcase:laughter"),
+)
+"""Kinds of everyday sound held out together with each fold group (whole kinds, not files)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+    """One of :data:`LABELS`."""
+    group: int
+    """Rotation (0..3) the sample is held out in."""
+    kind: str
+    """``us8k:<label>``, ``sesa:<folder>``, ``dcase:<kind>`` or ``esc50:<kind>``."""
+    duration: float | None = None
+    """True length in seconds when the file may hold more (UrbanSound8K metadata)."""
+
+
+def _hash_group(name: str, n: int = len(FOLD_GROUPS)) -> int:
+    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % n
+
+
+def kind_group(kind: str) -> int:
+    for index, kinds in enumerate(KIND_GROUPS):
+        if kind in kinds:
+            return index
+    return _hash_group(kind)
+
+
+def collect(data_root: str | Path, folds=range(1, 10)) -> list[Sample]:
+    """Every labelled and background clip under ``data_root`` (the shared data layout)."""
+    root = Path(data_root)
+    samples: list[Sample] = []
+    fold_to_group = {f: g for g, fs in enumerate(FOLD_GROUPS) for f in fs}
+    for clip in load_urbansound8k(root / "urbansound8k", folds=list(folds)):
+        samples.append(Sample(clip.path, clip.label, fold_to_group.get(clip.fold, 0),
+                              f"us8k:{clip.label}", clip.true_duration))
+    sesa = {"gunshot": "gun_shot", "siren": "siren", "explosion": "explosion",
+            "casual": BACKGROUND}
+    for folder, label in sesa.items():
+        for path in sorted((root / "sesa" / folder).glob("*.flac")):
+            kind = f"sesa:{folder}"
+            group = kind_group(kind) if label == BACKGROUND else _hash_group(path.name)
+            samples.append(Sample(path, label, group, kind))
+    for path in sorted((root / "negatives" / "dcase2016_office").glob("*.flac")):
+        kind = "dcase:" + re.sub(r"_\d+$", "", path.stem).rsplit("_", 1)[-1]
+        samples.append(Sample(path, BACKGROUND, kind_group(kind), kind))
+    esc = root / "negatives" / "esc50"
+    table = esc / "esc50.csv"
+    if table.is_file():
+        with table.open() as fh:
+            for row in csv.DictReader(fh):
+                name = row.get("filename") or row.get("file") or ""
+                path = esc / Path(name).with_suffix(".flac").name
+                if path.is_file():
+                    kind = f"esc50:{row.get('category') or row.get('kind')}"
+                    samples.append(Sample(path, BACKGROUND, kind_group(kind), kind))
+    return samples
+
+
+# --- audio -------------------------------------------------------------------------------
+
+def read(sample: Sample) -> np.ndarray:
+    from .audio import load_audio
+
+    audio = load_audio(sample.path, SR)
+    if sample.duration:
+        audio = audio[:max(1, int(round(sample.duration * SR)))]
+    return audio
+
+
+def room_noise(n: int, rng: np.random.Generator, dbfs: float = ROOM_DBFS) -> np.ndarray:
+    """Quiet stationary noise at ``dbfs`` RMS: white, pink or brown at random."""
+    white = rng.standard_normal(n)
+    colour = rng.integers(3)
+    if colour:
+        spectrum = np.fft.rfft(white)
+        f = np.arange(len(spectrum), dtype=np.float64)
+        f[0] = 1.0
+        spectrum /= f ** (0.5 * colour)
+        white = np.fft.irfft(spectrum, n)
+    white /= np.sqrt(np.mean(white ** 2)) + 1e-12
+    return (white * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def rms_db(x: np.ndarray) -> float:
+    return 10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-12)
+
+
+def mix_at_snr(event: np.ndarray, background: np.ndarray, snr_db: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """``event`` plus a random stretch of ``background`` (looped) at ``snr_db``."""
+    if len(background) < len(event):
+        background = np.tile(background, int(np.ceil(len(event) / max(1, len(background)))))
+    start = rng.integers(0, len(background) - len(event) + 1)
+    bg = background[start:start + len(event)]
+    gain = 10 ** ((rms_db(event) - snr_db - rms_db(bg)) / 20)
+    return event + gain * bg
+
+
+def warp(audio: np.ndarray, factor: float) -> np.ndarray:
+    """Pitch and speed changed together by ``factor`` (resampling, soxr)."""
+    import soxr
+
+    return soxr.resample(audio, SR, int(round(SR / factor)), quality="HQ").astype(np.float32)
+
+
+def limit(audio: np.ndarray) -> np.ndarray:
+    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+    return (audio / peak * 0.99).astype(np.float32) if peak > 0.99 else audio.astype(np.float32)
+
+
+# --- windows -----------------------------------------------------------------------------
+
+@dataclass
+class Windows:
+    """Windows of many clips: features in, labels and bookkeeping out."""
+
+    logmel: list = field(default_factory=list)
+    """Per window ``[frames, n_mels]`` float32 (before the trunk)."""
+    label: list = field(default_factory=list)
+    """Index into :data:`LABELS`, or -1 for a masked window."""
+    clip: list = field(default_factory=list)
+    """Index of the source sample."""
+
+
+def clip_windows(audio: np.ndarray, is_event: bool, frontend, rng: np.random.Generator,
+                 label_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ``[n, frames, n_mels]`` of ``audio`` laid into room noise, and their labels.
+
+    Labels: ``label_index`` for windows holding enough of the clip (events) or every
+    window that touches the clip (background clips); background for room noise alone;
+    -1 (masked) for windows with only a quiet fringe of an event.
+    """
+    win, hop = int(WINDOW_SECONDS * SR), int(HOP_SECONDS * SR)
+    pre, post = int(PRE_SECONDS * SR), int(POST_SECONDS * SR)
+    if len(audio) + pre + post < win:
+        post = win - len(audio) - pre
+    signal = np.concatenate([np.zeros(pre, np.float32), audio, np.zeros(post, np.float32)])
+    signal = signal + room_noise(len(signal), rng)
+    feats = frontend(signal)
+    frames = frontend_frames(frontend)
+    hop_cols = hop // 160
+    starts = list(range(0, len(signal) - win + 1, hop))
+    logmels, labels = [], []
+    energies = []
+    for s in starts:
+        lo, hi = max(s, pre), min(s + win, pre + len(audio))
+        cover = max(0, hi - lo) / win
+        energy = rms_db(signal[lo:hi]) if hi > lo else -200.0
+        energies.append((cover, energy))
+    peak = max(e for c, e in energies) if energies else -200.0
+    bg = LABELS.index(BACKGROUND)
+    for (cover, energy), s in zip(energies, starts):
+        col = s // 160
+        window = feats[col:col + frames]
+        if len(window) < frames:
+            continue
+        if cover == 0:
+            lab = bg
+        elif not is_event:
+            lab = label_index
+        elif cover >= 0.2 and energy >= peak - 20.0:
+            lab = label_index
+        else:
+            lab = -1
+        logmels.append(window)
+        labels.append(lab)
+    del hop_cols
+    return np.asarray(logmels, np.float32), np.asarray(labels, np.int64)
+
+
+def frontend_frames(frontend) -> int:
+    return int(getattr(frontend, "frames", 1 + (int(WINDOW_SECONDS * SR) - 512) // 160))
+
+
+# --- evidence from the AudioSet head -----------------------------------------------------
+
+EVIDENCE = {
+    "air_conditioner": ("Air conditioning", "Mechanical fan", "Hum", "Mains hum", "Engine",
+                        "Idling", "White noise", "Pink noise", "Noise", "Vehicle", "Rumble",
+                        "Static", "Environmental noise", "Wind"),
+    "car_horn": ("Vehicle horn, car horn, honking", "Air horn, truck horn", "Toot", "Car alarm",
+                 "Train horn", "Foghorn", "Beep, bleep", "Honk", "Alarm", "Vehicle", "Car",
+                 "Bicycle bell", "Truck", "Reversing beeps", "Siren"),
+    "children_playing": ("Children playing", "Child speech, kid speaking", "Children shouting",
+                         "Speech", "Babbling", "Shout", "Yell", "Screaming", "Laughter",
+                         "Crowd", "Chatter", "Hubbub, speech noise, speech babble",
+                         "Child singing", "Baby laughter", "Giggle", "Whoop", "Children"),
+    "dog_bark": ("Dog", "Bark", "Yip", "Howl", "Bow-wow", "Growling", "Whimper (dog)",
+                 "Canidae, dogs, wolves", "Domestic animals, pets", "Animal"),
+    "drilling": ("Drill", "Power tool", "Dental drill, dentist's drill", "Jackhammer", "Sawing",
+                 "Tools", "Electric shaver, electric razor", "Mechanisms", "Sanding", "Buzz",
+                 "Engine", "Light engine (high frequency)", "Hair dryer", "Vacuum cleaner",
+                 "Chainsaw", "Whir", "Lawn mower"),
+    "engine_idling": ("Idling", "Engine", "Vehicle", "Motor vehicle (road)", "Car", "Truck",
+                      "Heavy engine (low frequency)", "Medium engine (mid frequency)",
+                      "Light engine (high frequency)", "Engine starting", "Bus",
+                      "Motorcycle", "Accelerating, revving, vroom", "Diesel", "Rumble",
+                      "Traffic noise, roadway noise", "Engine knocking", "Lawn mower",
+                      "Air conditioning", "Mechanical fan", "Hum"),
+    "gun_shot": ("Gunshot, gunfire", "Machine gun", "Cap gun", "Fusillade", "Artillery fire",
+                 "Explosion", "Burst, pop", "Fireworks", "Firecracker", "Boom", "Bang", "Eruption",
+                 "Slam", "Whip", "Knock", "Clap", "Thump, thud", "Crack", "Bouncing", "Smash, crash"),
+    "jackhammer": ("Jackhammer", "Power tool", "Drill", "Hammer", "Tools", "Mechanisms",
+                   "Machine gun", "Engine", "Rattle", "Rumble", "Vibration", "Engine knocking",
+                   "Idling", "Heavy engine (low frequency)"),
+    "siren": ("Siren", "Civil defense siren", "Police car (siren)", "Ambulance (siren)",
+              "Fire engine, fire truck (siren)", "Emergency vehicle", "Alarm", "Car alarm",
+              "Foghorn", "Buzzer", "Smoke detector, smoke alarm", "Fire alarm", "Whistle",
+              "Vehicle horn, car horn, honking", "Air horn, truck horn"),
+    "street_music": ("Music", "Musical instrument", "Singing", "Guitar", "Drum", "Percussion",
+                     "Brass instrument", "Accordion", "Saxophone", "Plucked string instrument",
+                     "Bowed string instrument", "Keyboard (musical)", "Drum kit", "Song",
+                     "Trumpet", "Violin, fiddle", "Flute", "Harmonica", "Steelpan", "Tambourine"),
+    "explosion": ("Explosion", "Boom", "Gunshot, gunfire", "Fireworks", "Firecracker",
+                  "Artillery fire", "Eruption", "Burst, pop", "Bang", "Thunder", "Fusillade",
+                  "Machine gun", "Smash, crash", "Thump, thud"),
+}
+"""AudioSet classes whose evidence a label needs (used by the optional veto gate)."""
+
+
+def evidence_matrix(audioset_labels) -> np.ndarray:
+    """``[527, n_labels]`` 0/1: which AudioSet classes count as evidence for each label."""
+    names = [str(x) for x in audioset_labels]
+    matrix = np.zeros((len(names), len(LABELS)), np.float32)
+    for j, label in enumerate(LABELS):
+        for cls in EVIDENCE.get(label, ()):
+            if cls in names:
+                matrix[names.index(cls), j] = 1.0
+    return matrix
+
+
+# --- the frozen trunk as an onnxruntime session ------------------------------------------
+
+def trunk_model(weights, frames: int, n_mels: int = 128):
+    """Keras: ``[batch, frames, n_mels, 1]`` -> (freq-pooled trunk ``[batch, t, 384]``,
+    AudioSet logits ``[batch, 527]``)."""
+    import keras
+    from keras import layers as L
+
+    from .mn04 import audioset_head, build_trunk
+
+    inputs, trunk, _ = build_trunk(weights, n_frames=frames, n_mels=n_mels)
+    seq = L.Lambda(lambda t: keras.ops.mean(t, axis=2), name="freq_pool")(trunk)
+    pooled = L.GlobalAveragePooling1D(name="time_pool")(seq)
+    logits, _ = audioset_head(weights, pooled)
+    return keras.Model(inputs, [seq, logits], name="mn04_trunk")
+
+
+def write_trunk_onnx(weights, path: str | Path, frames: int) -> Path:
+    from .onnx_export import keras_to_onnx, write_onnx
+
+    model = trunk_model(weights, frames)
+    return write_onnx(keras_to_onnx(model, "features", ["sequence", "audioset"]), {}, path)
+
+
+def open_session(path: str | Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def embed(session, logmels: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Trunk outputs for windows ``[n, frames, n_mels]``: (``[n, t, 384]``, ``[n, 527]``) float16."""
+    seqs, logits = [], []
+    for i in range(0, len(logmels), batch):
+        x = np.ascontiguousarray(logmels[i:i + batch, :, :, None], dtype=np.float32)
+        s, z = session.run(None, {"features": x})
+        seqs.append(s.astype(np.float16))
+        logits.append(z.astype(np.float16))
+    if not seqs:
+        return np.zeros((0, 4, 384), np.float16), np.zeros((0, 527), np.float16)
+    return np.concatenate(seqs), np.concatenate(logits)
+
+
+# --- augmentation and the cached dataset -------------------------------------------------
+
+def variants(audio: np.ndarray, is_event: bool, n: int, pool: list, rng: np.random.Generator):
+    """``n`` versions of ``audio``: the clean one first, then mixed / warped / gain-changed."""
+    out = [audio]
+    for k in range(1, n):
+        x = audio
+        if rng.random() < 0.5 or k == 1:
+            x = warp(x, float(np.exp(rng.uniform(np.log(0.85), np.log(1.2))))) \
+                if not is_event else warp(x, float(rng.uniform(0.94, 1.06)))
+        if pool and (k == 1 or rng.random() < 0.6):
+            bg = pool[rng.integers(len(pool))]
+            snr = rng.uniform(0, 20) if is_event else rng.uniform(-6, 6)
+            x = mix_at_snr(x, bg, snr, rng)
+        x = x * 10 ** (rng.uniform(-20, 6) / 20)
+        out.append(limit(x))
+    return out
+
+
+def synthetic_background(n_clips: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Stationary coloured noise from -55 to -20 dBFS, 2-4 s each (never a label)."""
+    return [room_noise(int(rng.uniform(2, 4) * SR), rng, float(rng.uniform(-55, -20)))
+            for _ in range(n_clips)]
+
+
+@dataclass
+class Cache:
+    seq: np.ndarray
+    audioset: np.ndarray
+    label: np.ndarray
+    sample: np.ndarray
+    """Index of the sample (-1 for synthetic background)."""
+    variant: np.ndarray
+
+    @staticmethod
+    def concat(parts: list["Cache"]) -> "Cache":
+        return Cache(*(np.concatenate([getattr(p, f) for p in parts])
+                       for f in ("seq", "audioset", "label", "sample", "variant")))
+
+    def save(self, path: Path) -> None:
+        np.savez(path, seq=self.seq, audioset=self.audioset, label=self.label,
+                 sample=self.sample, variant=self.variant)
+
+    @staticmethod
+    def load(path: Path) -> "Cache":
+        with np.load(path) as d:
+            return Cache(d["seq"], d["audioset"], d["label"], d["sample"], d["variant"])
+
+
+def build_cache(samples: list[Sample], indices, frontend, session, n_variants: int,
+                pools: dict, seed: int, n_synthetic: int = 0, progress: bool = True) -> Cache:
+    """Windows of ``samples[indices]`` in ``n_variants`` versions through the trunk.
+
+    A sample is mixed only with background audio of its own rotation group
+    (``pools[sample.group]``), so the kinds held out in a rotation never reach its
+    training data, not even as a mixing background, and one cache serves every
+    rotation and the final model.
+    """
+    from tqdm import tqdm
+
+    parts = []
+    items = list(indices)
+    iterator = tqdm(items, desc=f"trunk x{n_variants}", unit="clip", disable=not progress)
+    for i in iterator:
+        sample = samples[i]
+        rng = np.random.default_rng([seed, i])
+        audio = read(sample)
+        is_event = sample.label != BACKGROUND
+        pool = pools.get(sample.group, [])
+        for v, x in enumerate(variants(audio, is_event, n_variants, pool, rng)):
+            logmel, labels = clip_windows(x, is_event, frontend, rng, LABELS.index(sample.label))
+            if not len(labels):
+                continue
+            seq, z = embed(session, logmel)
+            parts.append(Cache(seq, z, labels, np.full(len(labels), i), np.full(len(labels), v)))
+    rng = np.random.default_rng([seed, 10 ** 6])
+    for x in synthetic_background(n_synthetic, rng):
+        logmel, labels = clip_windows(x, False, frontend, rng, LABELS.index(BACKGROUND))
+        seq, z = embed(session, logmel)
+        parts.append(Cache(seq, z, labels, np.full(len(labels), -1), np.zeros(len(labels), int)))
+    return Cache.concat(parts)
