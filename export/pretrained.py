@@ -411,3 +411,194 @@ def build_cache(samples: list[Sample], indices, frontend, session, n_variants: i
         seq, z = embed(session, logmel)
         parts.append(Cache(seq, z, labels, np.full(len(labels), -1), np.zeros(len(labels), int)))
     return Cache.concat(parts)
+
+
+# --- the head: LSTM over the trunk's time steps ------------------------------------------
+
+@dataclass(frozen=True)
+class HeadConfig:
+    lstm_units: int = 128
+    dropout: float = 0.3
+    epochs: int = 12
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    background_weight: float = 1.0
+    """Class weight of ``background`` windows relative to a balanced label."""
+    seed: int = 0
+
+
+def build_head(cfg: HeadConfig, steps: int = 4, dim: int = 384):
+    """Keras: trunk sequence ``[batch, steps, dim]`` -> softmax over :data:`LABELS`."""
+    import keras
+    from keras import layers as L
+
+    inputs = keras.Input((steps, dim), name="sequence")
+    x = L.LayerNormalization(name="head_norm")(inputs)
+    x = L.Dropout(0.15, name="head_in_drop")(x)
+    h = L.LSTM(cfg.lstm_units, name="head_lstm")(x)
+    mean = L.GlobalAveragePooling1D(name="head_mean")(x)
+    z = L.Concatenate(name="head_concat")([h, mean])
+    z = L.Dropout(cfg.dropout, name="head_drop")(z)
+    out = L.Dense(len(LABELS), activation="softmax", name="head_scores")(z)
+    return keras.Model(inputs, out, name="head")
+
+
+def class_weights(labels: np.ndarray, background_weight: float) -> np.ndarray:
+    counts = np.bincount(labels[labels >= 0], minlength=len(LABELS)).astype(np.float64)
+    weights = np.where(counts > 0, counts[counts > 0].mean() / np.maximum(counts, 1), 0.0)
+    weights[LABELS.index(BACKGROUND)] *= background_weight
+    return np.minimum(weights, 10.0)
+
+
+def train_head(cache: Cache, rows: np.ndarray, cfg: HeadConfig, verbose: int = 1):
+    """Fit the head on ``cache`` rows (masked windows are skipped)."""
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    rows = rows[cache.label[rows] >= 0]
+    x = cache.seq[rows].astype(np.float32)
+    y = cache.label[rows]
+    weights = class_weights(y, cfg.background_weight)[y].astype(np.float32)
+    model = build_head(cfg, x.shape[1], x.shape[2])
+    steps = cfg.epochs * int(np.ceil(len(x) / cfg.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+                  loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
+    history = model.fit(x, y, sample_weight=weights, batch_size=cfg.batch_size,
+                        epochs=cfg.epochs, shuffle=True, verbose=verbose)
+    return model, history.history
+
+
+def head_scores(head, cache: Cache, rows: np.ndarray, batch: int = 2048) -> np.ndarray:
+    x = cache.seq[rows].astype(np.float32)
+    return np.concatenate([np.asarray(head(x[i:i + batch], training=False))
+                           for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, len(LABELS)))
+
+
+# --- the AudioSet veto -------------------------------------------------------------------
+
+def evidence(audioset_logits: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Per window and label: the highest AudioSet probability among the label's classes."""
+    probs = 1.0 / (1.0 + np.exp(-audioset_logits.astype(np.float32)))
+    return np.max(probs[:, :, None] * matrix[None, :, :], axis=1)
+
+
+def gate(ev: np.ndarray, floors: np.ndarray) -> np.ndarray:
+    """Veto factor in [0, 1]: 1 once a label's evidence reaches its floor, falling
+    linearly to 0 below it; background is never gated (floor 0)."""
+    return np.clip(ev / np.maximum(floors, 1e-6)[None, :], 0.0, 1.0)
+
+
+def evidence_floors(ev: np.ndarray, labels: np.ndarray, quantile: float) -> np.ndarray:
+    """Per label, the ``quantile`` of its own positive windows' evidence (0 for background)."""
+    floors = np.zeros(len(LABELS), np.float32)
+    for j, label in enumerate(LABELS):
+        if label == BACKGROUND:
+            continue
+        own = ev[labels == j, j]
+        floors[j] = float(np.quantile(own, quantile)) if len(own) else 0.0
+    return floors
+
+
+# --- offline decisions on cached windows (choosing; the daemon replay is the judge) ------
+
+def clip_groups(cache: Cache, rows: np.ndarray) -> dict[int, np.ndarray]:
+    """Rows of each sample, in time order (the cache keeps windows in order)."""
+    out: dict[int, list] = {}
+    for r in rows:
+        out.setdefault(int(cache.sample[r]), []).append(r)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def smoothed_max(scores: np.ndarray, smoothing: int = 2) -> np.ndarray:
+    k = max(1, min(smoothing, len(scores)))
+    c = np.cumsum(np.vstack([np.zeros((1, scores.shape[1])), scores]), axis=0)
+    return ((c[k:] - c[:-k]) / k).max(axis=0)
+
+
+def thresholds_from_negatives(peaks: np.ndarray, floor: float, margin: float,
+                              ceiling: float = 0.99) -> np.ndarray:
+    """Per label: highest smoothed score of any calibration negative + margin, clipped."""
+    top = peaks.max(axis=0) if len(peaks) else np.zeros(len(LABELS))
+    thr = np.clip(top + margin, floor, ceiling)
+    thr[LABELS.index(BACKGROUND)] = 2.0
+    return thr
+
+
+def decide(samples, groups: dict, scores: dict, thr: np.ndarray) -> dict:
+    """Event recall / wrong label / negatives firing, from per-clip smoothed peaks."""
+    rec, wrong, neg_fired, per_class = [], [], [], {}
+    kinds: dict[str, list] = {}
+    for i, peak in scores.items():
+        if i < 0:
+            continue
+        s = samples[i]
+        fired = peak >= thr
+        if s.label == BACKGROUND:
+            neg_fired.append(bool(fired.any()))
+            kinds.setdefault(s.kind, []).append(bool(fired.any()))
+        else:
+            j = LABELS.index(s.label)
+            hit = bool(fired[j])
+            other = bool(np.delete(fired, j).any())
+            rec.append(hit)
+            wrong.append(other)
+            per_class.setdefault(s.label, []).append(hit)
+    return {"recall": float(np.mean(rec)) if rec else None,
+            "wrong": float(np.mean(wrong)) if wrong else None,
+            "neg_fire": float(np.mean(neg_fired)) if neg_fired else None,
+            "n_events": len(rec), "n_negatives": len(neg_fired),
+            "per_class": {k: float(np.mean(v)) for k, v in sorted(per_class.items())},
+            "per_kind": {k: float(np.mean(v)) for k, v in sorted(kinds.items())}}
+
+
+def clip_accuracy(samples, cache: Cache, groups: dict, probs: np.ndarray, index_of: dict) -> float:
+    """UrbanSound8K clips: argmax over the ten labels of the mean window score."""
+    hits = []
+    n_us = len(URBANSOUND8K_LABELS)
+    for i, rows in groups.items():
+        if i < 0 or not samples[i].kind.startswith("us8k:"):
+            continue
+        keep = [index_of[r] for r in rows if cache.label[r] != LABELS.index(BACKGROUND)]
+        if not keep:
+            keep = [index_of[r] for r in rows]
+        p = probs[keep, :n_us].mean(axis=0)
+        hits.append(URBANSOUND8K_LABELS[int(p.argmax())] == samples[i].label)
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+# --- the exported model: trunk + head + veto in one graph --------------------------------
+
+def build_full_model(weights, head, matrix: np.ndarray, floors: np.ndarray | None,
+                     frames: int, n_mels: int = 128):
+    """Keras: normalised features ``[batch, frames, n_mels, 1]`` ->
+    (``scores`` ``[batch, labels]``, ``embedding`` ``[batch, 384]``).
+
+    ``scores`` are the head's softmax times the AudioSet veto (when ``floors`` is given):
+    a label's score falls towards 0 when the released AudioSet head sees none of the
+    classes that label needs. ``embedding`` is the trunk output pooled over frequency
+    and time (the input of the AudioSet head), for custom sounds.
+    """
+    import keras
+    from keras import layers as L
+
+    from .mn04 import audioset_head, build_trunk
+
+    inputs, trunk, _ = build_trunk(weights, n_frames=frames, n_mels=n_mels)
+    seq = L.Lambda(lambda t: keras.ops.mean(t, axis=2), name="freq_pool")(trunk)
+    probs = head(seq)
+    embedding = L.GlobalAveragePooling1D(name="embedding")(seq)
+    if floors is None:
+        return keras.Model(inputs, [probs, embedding], name="sound_detector")
+    logits, _ = audioset_head(weights, embedding)
+    m = matrix.astype(np.float32)
+    inv = (1.0 / np.maximum(floors, 1e-6)).astype(np.float32)
+    inv[floors <= 0] = 1e6
+
+    def veto(args):
+        p, z = args
+        ev = keras.ops.max(keras.ops.expand_dims(keras.ops.sigmoid(z), -1) * m[None], axis=1)
+        return p * keras.ops.clip(ev * inv[None], 0.0, 1.0)
+
+    scores = L.Lambda(veto, name="veto")([probs, logits])
+    return keras.Model(inputs, [scores, embedding], name="sound_detector")
