@@ -80,12 +80,13 @@ def kind_group(kind: str) -> int:
     return _hash_group(kind)
 
 
-def collect(data_root: str | Path, folds=range(1, 10)) -> list[Sample]:
-    """Every labelled and background clip under ``data_root`` (the shared data layout)."""
+def collect(data_root: str | Path, folds=None, limit: int = 0) -> list[Sample]:
+    """Every labelled and background clip under ``data_root`` (the shared data layout);
+    ``limit`` keeps at most that many clips of each kind (quick runs)."""
     root = Path(data_root)
     samples: list[Sample] = []
     fold_to_group = {f: g for g, fs in enumerate(FOLD_GROUPS) for f in fs}
-    for clip in load_urbansound8k(root / "urbansound8k", folds=list(folds)):
+    for clip in load_urbansound8k(root / "urbansound8k", folds=list(folds) if folds else None):
         samples.append(Sample(clip.path, clip.label, fold_to_group.get(clip.fold, 0),
                               f"us8k:{clip.label}", clip.true_duration))
     sesa = {"gunshot": "gun_shot", "siren": "siren", "explosion": "explosion",
@@ -108,6 +109,14 @@ def collect(data_root: str | Path, folds=range(1, 10)) -> list[Sample]:
                 if path.is_file():
                     kind = f"esc50:{row.get('category') or row.get('kind')}"
                     samples.append(Sample(path, BACKGROUND, kind_group(kind), kind))
+    if limit:
+        seen: dict[str, int] = {}
+        kept = []
+        for s in samples:
+            if seen.get(s.kind, 0) < limit:
+                seen[s.kind] = seen.get(s.kind, 0) + 1
+                kept.append(s)
+        samples = kept
     return samples
 
 
@@ -602,3 +611,58 @@ def build_full_model(weights, head, matrix: np.ndarray, floors: np.ndarray | Non
 
     scores = L.Lambda(veto, name="veto")([probs, logits])
     return keras.Model(inputs, [scores, embedding], name="sound_detector")
+
+
+LICENSE_NOTE = ("non-commercial use only: trained on UrbanSound8K and ESC-50 (CC BY-NC 3.0), "
+                "SESA (CC BY 4.0) and DCASE 2016 Task 2 office sounds; starts from EfficientAT "
+                "mn04_as weights (MIT, Schmid, Koutini & Widmer 2023)")
+
+
+def model_frontend():
+    """The daemon's ``mn_logmel`` front end with the network's normalisation applied:
+    audio -> ``[frames, 128]`` exactly as the pipeline feeds the model."""
+    from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS, MnLogMel
+
+    fe = MnLogMel(MN04_FEATURES, MN04_PARAMS)
+    mean, std = MN04_NORMALIZATION["mean"], MN04_NORMALIZATION["std"]
+
+    def frontend(audio: np.ndarray) -> np.ndarray:
+        return ((fe(audio) - mean) / std).astype(np.float32)
+
+    frontend.frames = MN04_FEATURES.frames_for(int(WINDOW_SECONDS * SR))
+    return frontend
+
+
+def metadata(version: str, trained_on: str, thresholds: dict[str, float]):
+    from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS
+    from detector.metadata import ModelMetadata
+
+    return ModelMetadata(
+        labels=LABELS, features=MN04_FEATURES, window_seconds=WINDOW_SECONDS,
+        model_version=version, trained_on=trained_on, license_note=LICENSE_NOTE,
+        feature="mn_logmel", feature_params=MN04_PARAMS,
+        normalization=dict(MN04_NORMALIZATION), thresholds=thresholds,
+        background_labels=(BACKGROUND,), window_hop_seconds=HOP_SECONDS,
+        embedding_output="embedding", embedding_dim=384)
+
+
+def export_model(weights, head, matrix, floors, meta, out_path: str | Path,
+                 check_windows: np.ndarray | None = None) -> tuple[Path, float | None]:
+    """Trunk + head (+ veto) -> ONNX with ``meta``; Keras vs onnxruntime parity on
+    ``check_windows`` (``[n, frames, 128]`` normalised features) when given."""
+    from .onnx_export import keras_to_onnx, write_onnx
+
+    model = build_full_model(weights, head, matrix, floors, meta.frames)
+    proto = keras_to_onnx(model, "features", ["scores", "embedding"], frames=meta.frames)
+    path = write_onnx(proto, meta.to_props(), out_path)
+    diff = None
+    if check_windows is not None and len(check_windows):
+        sess = open_session(path)
+        x = np.ascontiguousarray(check_windows[..., None], dtype=np.float32)
+        got = sess.run(None, {"features": x})
+        want = model(x, training=False)
+        diff = float(max(np.abs(np.asarray(w) - g).max() for w, g in zip(want, got)))
+        if diff > 1e-4:
+            from detector.errors import ModelError
+            raise ModelError(f"ONNX parity check failed: max abs diff {diff:.2e} > 1e-4")
+    return path, diff

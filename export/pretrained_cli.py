@@ -1,0 +1,223 @@
+"""``python -m export pretrained``: the shipped recipe, one command.
+
+    python -m export pretrained --data ../shared/data --run runs/pretrained \
+        --crossval --out detector/models/default.onnx --model-version 1.0.0
+
+1. ``<run>/trunk.onnx`` and ``<run>/cache*.npz``: every clip's windows (clean + augmented)
+   through the frozen AudioSet trunk, once (reused when present).
+2. ``--crossval``: four rotations, each holding out a fold group *and* a group of whole
+   everyday kinds; per rotation the head is trained on the rest, thresholds are calibrated
+   on the rotation's training negatives, the rotation model is exported to ONNX and judged
+   by ``stream-eval`` through the daemon's pipeline (``<run>/rot<k>/``), plus clip accuracy.
+3. The final head on everything, thresholds from all negatives, ONNX with parity check,
+   written to ``--out`` with ``<run>/summary.json`` for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="shared data root (urbansound8k/, sesa/, "
+                        "negatives/, pretrained/mn04_as.npz)")
+    parser.add_argument("--weights", help="mn04_as.npz (default: <data>/pretrained/mn04_as.npz)")
+    parser.add_argument("--audioset-labels", help="npz with an AudioSet 'labels' array "
+                        "(default: <data>/teacher/mn04_logits.npz)")
+    parser.add_argument("--run", required=True, help="run folder (cache, rotations, summary)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the trunk cache")
+    parser.add_argument("--variants", type=int, default=3,
+                        help="versions of every clip: clean + augmented (default: 3)")
+    parser.add_argument("--synthetic", type=int, default=150,
+                        help="synthetic noise clips as extra background (default: 150)")
+    parser.add_argument("--folds", type=int, nargs="+", default=None,
+                        help="UrbanSound8K folds to use (default: every fold present)")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="at most N clips per kind (0 = all; for quick runs)")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--lstm-units", type=int, default=128)
+    parser.add_argument("--background-weight", type=float, default=1.0)
+    parser.add_argument("--veto-quantile", type=float, default=0.03,
+                        help="veto floor: this quantile of a label's own training windows' "
+                             "AudioSet evidence; <0 = no veto (default: %(default)s)")
+    parser.add_argument("--floor", type=float, default=0.7,
+                        help="lowest on-threshold (default: %(default)s)")
+    parser.add_argument("--margin", type=float, default=0.05,
+                        help="on-threshold = highest smoothed negative score + margin")
+    parser.add_argument("--crossval", action="store_true", help="run the four rotations")
+    parser.add_argument("--rotations", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--no-stream-eval", action="store_true",
+                        help="skip the daemon replay of each rotation (offline numbers only)")
+    parser.add_argument("--out", help="write the final model here (skip: no final model)")
+    parser.add_argument("--model-version", default="1.0.0")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _cache_part(args_tuple):
+    data, run, part, nparts, variants, synthetic, seed, folds, limit = args_tuple
+    from . import pretrained as P
+
+    samples = P.collect(data, folds=folds, limit=limit)
+    session = P.open_session(Path(run) / "trunk.onnx")
+    pools: dict[int, list] = {}
+    for s in samples:
+        if s.label == P.BACKGROUND:
+            pools.setdefault(s.group, []).append(P.read(s))
+    indices = [i for i in range(len(samples)) if i % nparts == part]
+    cache = P.build_cache(samples, indices, P.model_frontend(), session, variants, pools,
+                          seed=seed, n_synthetic=synthetic if part == 0 else 0,
+                          progress=part == 0)
+    path = Path(run) / f"cache{part}.npz"
+    cache.save(path)
+    return str(path)
+
+
+def build_or_load_cache(args, weights) -> "object":
+    from . import pretrained as P
+
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    settings = {"variants": args.variants, "synthetic": args.synthetic, "seed": args.seed,
+                "folds": args.folds, "limit": args.limit, "workers": args.workers,
+                "window_seconds": P.WINDOW_SECONDS, "hop_seconds": P.HOP_SECONDS}
+    stamp = run / "cache.json"
+    parts = [run / f"cache{i}.npz" for i in range(args.workers)]
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings and all(p.is_file() for p in parts):
+        logger.info("reusing the trunk cache in %s", run)
+    else:
+        t0 = time.time()
+        P.write_trunk_onnx(weights, run / "trunk.onnx", P.model_frontend().frames)
+        jobs = [(args.data, str(run), i, args.workers, args.variants, args.synthetic, args.seed,
+                 args.folds, args.limit) for i in range(args.workers)]
+        if args.workers == 1:
+            [_cache_part(jobs[0])]
+        else:
+            import multiprocessing as mp
+            with mp.get_context("spawn").Pool(args.workers) as pool:
+                pool.map(_cache_part, jobs)
+        settings["seconds"] = None
+        stamp.write_text(json.dumps(settings))
+        logger.info("trunk cache built in %.0f s", time.time() - t0)
+    return P.Cache.concat([P.Cache.load(p) for p in parts])
+
+
+def policy_thresholds(P, cache, samples, head, matrix, floors, rows_neg, floor, margin):
+    """On-thresholds from the smoothed peaks of the calibration negatives (all variants)."""
+    probs = P.head_scores(head, cache, rows_neg)
+    scores = probs * P.gate(P.evidence(cache.audioset[rows_neg], matrix), floors) \
+        if floors is not None else probs
+    index = {r: k for k, r in enumerate(rows_neg)}
+    keys = cache.sample[rows_neg] * 10 + cache.variant[rows_neg]
+    peaks = []
+    for key in np.unique(keys):
+        rows = rows_neg[keys == key]
+        peaks.append(P.smoothed_max(scores[[index[r] for r in rows]]))
+    thr = P.thresholds_from_negatives(np.array(peaks), floor, margin)
+    return {label: round(float(t), 3) for label, t in zip(P.LABELS, thr)
+            if label != P.BACKGROUND}
+
+
+def fit(args, P, cache, samples, rows, matrix, seed):
+    cfg = P.HeadConfig(epochs=args.epochs, lstm_units=args.lstm_units,
+                       background_weight=args.background_weight, seed=seed)
+    head, history = P.train_head(cache, rows, cfg, verbose=2)
+    positives = rows[(cache.variant[rows] == 0) & (cache.label[rows] >= 0)
+                     & (cache.label[rows] != P.LABELS.index(P.BACKGROUND))]
+    floors = None
+    if args.veto_quantile >= 0:
+        floors = P.evidence_floors(P.evidence(cache.audioset[positives], matrix),
+                                   cache.label[positives], args.veto_quantile)
+    is_bg = np.array([samples[i].label == P.BACKGROUND if i >= 0 else True
+                      for i in cache.sample[rows]])
+    thresholds = policy_thresholds(P, cache, samples, head, matrix, floors, rows[is_bg],
+                                   args.floor, args.margin)
+    return head, floors, thresholds, history
+
+
+def run(args) -> int:
+    from . import pretrained as P
+    from .mn04 import load_weights
+
+    data = Path(args.data)
+    weights = load_weights(args.weights or data / "pretrained" / "mn04_as.npz")
+    labels_file = Path(args.audioset_labels or data / "teacher" / "mn04_logits.npz")
+    with np.load(labels_file) as d:
+        matrix = P.evidence_matrix(d["labels"])
+    samples = P.collect(data, folds=args.folds, limit=args.limit)
+    cache = build_or_load_cache(args, weights)
+    group = np.array([samples[i].group if i >= 0 else -1 for i in cache.sample])
+    summary: dict = {"settings": {k: v for k, v in vars(args).items() if k != "func"},
+                     "rotations": {}}
+    run_dir = Path(args.run)
+    if args.crossval:
+        from .stream_eval import evaluate, markdown, plot
+        for rot in args.rotations:
+            t0 = time.time()
+            train = np.where(group != rot)[0]
+            head, floors, thresholds, _ = fit(args, P, cache, samples, train, matrix, args.seed)
+            test = np.where((group == rot) & (cache.variant == 0))[0]
+            probs = P.head_scores(head, cache, test)
+            groups = P.clip_groups(cache, test)
+            index = {r: k for k, r in enumerate(test)}
+            acc = P.clip_accuracy(samples, cache, groups, probs, index)
+            entry = {"clip_accuracy": acc, "thresholds": thresholds,
+                     "train_seconds": round(time.time() - t0, 1),
+                     "held_out_folds": list(P.FOLD_GROUPS[rot]),
+                     "held_out_kinds": list(P.KIND_GROUPS[rot])}
+            logger.info("rotation %d: clip accuracy %.3f", rot, acc)
+            if not args.no_stream_eval:
+                out = run_dir / f"rot{rot}"
+                meta = P.metadata(f"{args.model_version}-rot{rot}",
+                                  f"rotation {rot} of {run_dir.name}", thresholds)
+                path, _ = P.export_model(weights, head, matrix, floors, meta, out / "model.onnx")
+                result = evaluate(path, data, [rot], limit=args.limit)
+                (out / "stream.json").write_text(json.dumps(result, indent=1))
+                (out / "stream.md").write_text(markdown(result))
+                plot(result, out / "stream.png")
+                entry["stream"] = {k: result[k] for k in ("labelled", "everyday", "room_noise")}
+                for part in ("labelled", "everyday"):
+                    entry["stream"][part] = {k: v for k, v in result[part].items()}
+            summary["rotations"][str(rot)] = entry
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if args.out:
+        t0 = time.time()
+        rows = np.arange(len(cache.label))
+        head, floors, thresholds, history = fit(args, P, cache, samples, rows, matrix, args.seed)
+        folds = sorted({s.path.parent.name.replace("fold", "") for s in samples
+                        if s.kind.startswith("us8k:")}, key=int)
+        trained_on = (f"UrbanSound8K folds {','.join(folds)} "
+                      f"(incl. metadata/rebuilt.txt), SESA, negatives/ (DCASE 2016 office, "
+                      f"ESC-50 kinds), synthetic noise; {len(samples)} clips")
+        meta = P.metadata(args.model_version, trained_on, thresholds)
+        frontend = P.model_frontend()
+        step = max(1, len(samples) // 16)
+        feats = [frontend(P.read(samples[i]))[:frontend.frames] for i in range(0, len(samples), step)]
+        check = np.stack([f for f in feats if len(f) == frontend.frames])
+        path, diff = P.export_model(weights, head, matrix, floors, meta, args.out, check)
+        summary["final"] = {"thresholds": thresholds, "veto_floors":
+                            None if floors is None else dict(zip(P.LABELS, map(float, floors))),
+                            "train_seconds": round(time.time() - t0, 1), "onnx_parity": diff,
+                            "history": {k: [float(x) for x in v] for k, v in history.items()},
+                            "windows": int(len(rows)), "clips": len(samples), "path": str(path)}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        logger.info("model %s written to %s", args.model_version, path)
+    return 0
+
+
+def main(argv=None) -> int:
+    import sys
+
+    from ._cli import run_command
+    return run_command(sys.modules[__name__], "python -m export pretrained", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

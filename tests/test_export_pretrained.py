@@ -1,0 +1,153 @@
+"""The pretrained recipe: data layout, stream-like windows, and a tiny REAL run
+(pretrained trunk -> cache -> head -> tf2onnx with parity -> the daemon fires an event)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, SHARED_DATA
+
+SR = 16000
+WEIGHTS = SHARED_DATA / "pretrained" / "mn04_as.npz"
+AUDIOSET = SHARED_DATA / "teacher" / "mn04_logits.npz"
+
+
+def sweep(seconds, rng, lo=600.0, hi=1400.0, period=0.5):
+    t = np.arange(int(seconds * SR)) / SR
+    f = lo + (hi - lo) * (0.5 + 0.5 * np.sin(2 * np.pi * t / period + rng.uniform(0, 6)))
+    return (0.3 * np.sin(2 * np.pi * np.cumsum(f) / SR)).astype(np.float32)
+
+
+def horn(seconds, rng):
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = rng.uniform(380, 460)
+    x = sum(np.sign(np.sin(2 * np.pi * f0 * k * t)) / k for k in (1, 1.25))
+    return (0.1 * x).astype(np.float32)
+
+
+def pink(seconds, rng, level=0.05):
+    x = np.fft.irfft(np.fft.rfft(rng.standard_normal(int(seconds * SR)))
+                     / np.sqrt(np.arange(int(seconds * SR) // 2 + 1) + 1.0), int(seconds * SR))
+    return (level * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+def make_data(root, rng, per_class=6):
+    """The shared data layout in miniature: UrbanSound8K (siren, car_horn), SESA, negatives."""
+    us = root / "urbansound8k"
+    (us / "metadata").mkdir(parents=True)
+    lines = ["slice_file_name,fsID,start,end,salience,fold,classID,class_name"]
+    for class_id, name, make in ((8, "siren", sweep), (1, "car_horn", horn)):
+        for k in range(per_class):
+            fold = 1 + k % 3
+            fs_id = 1000 * class_id + k
+            file = f"{fs_id}-{class_id}-0-0.wav"
+            seconds = rng.uniform(1.5, 3.0)
+            folder = us / "audio" / f"fold{fold}"
+            folder.mkdir(parents=True, exist_ok=True)
+            sf.write(folder / file.replace(".wav", ".flac"), make(seconds, rng), SR)
+            lines.append(f"{file},{fs_id},0,{seconds:.3f},1,{fold},{class_id},{name}")
+    (us / "metadata" / "UrbanSound8K.csv").write_text("\n".join(lines) + "\n")
+    for folder in ("casual", "gunshot", "siren", "explosion"):
+        (root / "sesa" / folder).mkdir(parents=True)
+    for k in range(4):
+        sf.write(root / "sesa" / "casual" / f"casual_{k:03d}.flac", pink(2.0, rng), SR)
+    dcase = root / "negatives" / "dcase2016_office"
+    dcase.mkdir(parents=True)
+    for k, kind in enumerate(("speech", "knock", "keys", "cough")):
+        sf.write(dcase / f"dev_1_ebr_0_nec_1_poly_0_{kind}_{k:02d}.flac",
+                 pink(1.5, rng, 0.1), SR)
+    esc = root / "negatives" / "esc50"
+    esc.mkdir(parents=True)
+    (esc / "esc50.csv").write_text("filename,fold,category,src_file,take\n"
+                                   "4-1-A-1.flac,4,rain,1,A\n4-2-A-1.flac,4,hen,2,A\n")
+    for name in ("4-1-A-1.flac", "4-2-A-1.flac"):
+        sf.write(esc / name, pink(2.0, rng, 0.2), SR)
+
+
+def test_collect_tags_groups_and_kinds(tmp_path):
+    from export.pretrained import BACKGROUND, collect
+
+    make_data(tmp_path, np.random.default_rng(0))
+    samples = collect(tmp_path)
+    assert {s.label for s in samples} == {"siren", "car_horn", BACKGROUND}
+    kinds = {s.kind for s in samples if s.label == BACKGROUND}
+    assert kinds == {"sesa:casual", "dcase:speech", "dcase:knock", "dcase:keys", "dcase:cough",
+                     "esc50:rain", "esc50:hen"}
+    # a kind is held out whole: every clip of it is in one rotation group
+    for kind in kinds:
+        assert len({s.group for s in samples if s.kind == kind}) == 1
+    # fold 1 is rotation 0, folds 2 and 3 rotations 1 and 2
+    assert {s.group for s in samples if s.kind.startswith("us8k:")} == {0, 1, 2}
+    assert len(collect(tmp_path, limit=1)) == 2 + len(kinds)
+
+
+def test_windows_label_the_sound_not_the_quiet():
+    from export.pretrained import BACKGROUND, LABELS, clip_windows, model_frontend
+
+    rng = np.random.default_rng(1)
+    audio = np.concatenate([sweep(0.5, rng), np.zeros(int(2.5 * SR), np.float32)])
+    logmel, labels = clip_windows(audio, True, model_frontend(), rng, LABELS.index("siren"))
+    assert logmel.shape[1:] == (97, 128)
+    siren, bg = LABELS.index("siren"), LABELS.index(BACKGROUND)
+    # 0.75 s of room noise, the sweep (0.5 s), 2.5 s of silence, 0.5 s room noise; hop 0.25 s
+    assert labels[0] == siren                  # the first window holds the whole sweep
+    assert -1 in labels                        # silence inside the clip: masked, never background
+    assert labels[-1] in (-1, bg)
+    quiet, _ = clip_windows(np.zeros(SR, np.float32), False, model_frontend(), rng, bg)
+    assert quiet.mean() < logmel[0].mean() - 0.2    # room noise sits well below the sound
+
+
+def test_veto_gate_passes_evidence_and_spares_background():
+    from export.pretrained import BACKGROUND, LABELS, gate
+
+    floors = np.full(len(LABELS), 0.2, np.float32)
+    floors[LABELS.index(BACKGROUND)] = 0.0
+    ev = np.zeros((2, len(LABELS)), np.float32)
+    ev[0] = 0.5
+    ev[1] = 0.05
+    g = gate(ev, floors)
+    assert np.all(g[0] == 1.0)
+    assert np.allclose(np.delete(g[1], LABELS.index(BACKGROUND)), 0.25)
+    assert g[1, LABELS.index(BACKGROUND)] == 1.0
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
+    pytest.importorskip("tensorflow", reason="needs the [train] extra (TensorFlow)")
+    pytest.importorskip("tf2onnx", reason="needs the [train] extra (tf2onnx)")
+    if not (WEIGHTS.is_file() and AUDIOSET.is_file()):
+        pytest.skip("shared data (pretrained/mn04_as.npz, teacher/) not present")
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    make_data(data, rng)
+    run, model = tmp_path / "run", tmp_path / "model.onnx"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "export", "pretrained", "--data", str(data),
+           "--weights", str(WEIGHTS), "--audioset-labels", str(AUDIOSET), "--run", str(run),
+           "--workers", "1", "--variants", "2", "--synthetic", "4", "--epochs", "6",
+           "--floor", "0.5", "--veto-quantile", "-1", "--crossval", "--rotations", "0",
+           "--out", str(model), "--model-version", "tiny-1"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"]["onnx_parity"] < 1e-4
+    assert "0" in summary["rotations"] and "stream" in summary["rotations"]["0"]
+    assert (run / "rot0" / "stream.png").is_file()
+    clip = tmp_path / "siren.wav"
+    sf.write(clip, np.concatenate([np.zeros(SR, np.float32), sweep(3.0, rng),
+                                   np.zeros(SR, np.float32)]), SR)
+    replay = subprocess.run([sys.executable, "-m", "detector", "replay", str(clip), "--model",
+                             str(model)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    events = [json.loads(line) for line in replay.stdout.splitlines() if line.startswith("{")]
+    assert any(e["type"] == "start" and e["label"] == "siren" for e in events), replay.stdout
+    assert all(e["model"] == "tiny-1" for e in events)
