@@ -182,9 +182,11 @@ def run(args) -> int:
                 (out / "stream.json").write_text(json.dumps(result, indent=1))
                 (out / "stream.md").write_text(markdown(result))
                 plot(result, out / "stream.png")
-                entry["stream"] = {k: result[k] for k in ("labelled", "everyday", "room_noise")}
-                for part in ("labelled", "everyday"):
-                    entry["stream"][part] = {k: v for k, v in result[part].items()}
+                entry["stream"] = {k: dict(result[k]) for k in ("labelled", "everyday", "room_noise")}
+                entry["stream"]["labelled"]["rows"] = [r for r in result["rows"]
+                                                       if r["label"] != P.BACKGROUND]
+                entry["stream"]["everyday"]["rows"] = [r for r in result["rows"]
+                                                       if r["label"] == P.BACKGROUND]
             summary["rotations"][str(rot)] = entry
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.out:

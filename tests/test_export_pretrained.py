@@ -151,3 +151,26 @@ def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     events = [json.loads(line) for line in replay.stdout.splitlines() if line.startswith("{")]
     assert any(e["type"] == "start" and e["label"] == "siren" for e in events), replay.stdout
     assert all(e["model"] == "tiny-1" for e in events)
+
+
+def test_stream_eval_attributes_events_to_clips_and_gaps(tmp_path):
+    from export.pretrained import BACKGROUND, Sample
+    from export.stream_eval import attribute, judge
+
+    samples = [Sample(tmp_path / "a.flac", "siren", 0, "us8k:siren"),
+               Sample(tmp_path / "b.flac", BACKGROUND, 0, "esc50:hen"),
+               Sample(tmp_path / "c.flac", "dog_bark", 0, "us8k:dog_bark")]
+    spans = [(5.0, 9.0), (14.0, 19.0), (24.0, 25.0)]
+    events = [("siren", 5.6, 0.9),      # own label, 0.6 s after the onset
+              ("dog_bark", 11.5, 0.8),  # in the gap after clip a (> 1 s after its end)
+              ("dog_bark", 15.0, 0.8),  # a false alarm on the everyday clip
+              ("siren", 24.1, 0.9)]     # wrong label on clip c
+    owners = attribute(events, spans)
+    assert owners == [0, -1, 1, 2]
+    result = judge(samples, spans, events, owners, gap=5.0)
+    lab, ev = result["labelled"], result["everyday"]
+    assert lab["recall"] == 0.5 and lab["wrong_label"] == 0.5
+    assert lab["per_class"]["siren"]["delay_s"]["p50"] == 0.6
+    assert ev["fired"] == 1.0 and ev["false_alarms"] == 1
+    assert ev["false_alarms_per_hour"] == round(3600 / 5.0, 1)
+    assert result["room_noise"]["events"] == 1
