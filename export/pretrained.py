@@ -618,12 +618,24 @@ LICENSE_NOTE = ("non-commercial use only: trained on UrbanSound8K and ESC-50 (CC
                 "mn04_as weights (MIT, Schmid, Koutini & Widmer 2023)")
 
 
+def feature_params():
+    """The ``mn_logmel`` parameters of this recipe: mn04's front end at 16 kHz with an ideal
+    upsampler (``upsample_taps=0``: nothing above 8 kHz). Modelling the teacher's 41-tap
+    upsampler matches the released logits better (``detector.features``), but the head
+    only needs train/serve identity, and the shipped cache was built this way."""
+    from dataclasses import replace
+
+    from detector.features import MN04_PARAMS
+
+    return replace(MN04_PARAMS, upsample_taps=0)
+
+
 def model_frontend():
     """The daemon's ``mn_logmel`` front end with the network's normalisation applied:
     audio -> ``[frames, 128]`` exactly as the pipeline feeds the model."""
-    from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS, MnLogMel
+    from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MnLogMel
 
-    fe = MnLogMel(MN04_FEATURES, MN04_PARAMS)
+    fe = MnLogMel(MN04_FEATURES, feature_params())
     mean, std = MN04_NORMALIZATION["mean"], MN04_NORMALIZATION["std"]
 
     def frontend(audio: np.ndarray) -> np.ndarray:
@@ -634,13 +646,13 @@ def model_frontend():
 
 
 def metadata(version: str, trained_on: str, thresholds: dict[str, float]):
-    from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS
+    from detector.features import MN04_FEATURES, MN04_NORMALIZATION
     from detector.metadata import ModelMetadata
 
     return ModelMetadata(
         labels=LABELS, features=MN04_FEATURES, window_seconds=WINDOW_SECONDS,
         model_version=version, trained_on=trained_on, license_note=LICENSE_NOTE,
-        feature="mn_logmel", feature_params=MN04_PARAMS,
+        feature="mn_logmel", feature_params=feature_params(),
         normalization=dict(MN04_NORMALIZATION), thresholds=thresholds,
         background_labels=(BACKGROUND,), window_hop_seconds=HOP_SECONDS,
         embedding_output="embedding", embedding_dim=384)

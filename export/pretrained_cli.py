@@ -103,7 +103,6 @@ def build_or_load_cache(args, weights) -> "object":
             import multiprocessing as mp
             with mp.get_context("spawn").Pool(args.workers) as pool:
                 pool.map(_cache_part, jobs)
-        settings["seconds"] = None
         stamp.write_text(json.dumps(settings))
         logger.info("trunk cache built in %.0f s", time.time() - t0)
     return P.Cache.concat([P.Cache.load(p) for p in parts])
@@ -182,11 +181,9 @@ def run(args) -> int:
                 (out / "stream.json").write_text(json.dumps(result, indent=1))
                 (out / "stream.md").write_text(markdown(result))
                 plot(result, out / "stream.png")
-                entry["stream"] = {k: dict(result[k]) for k in ("labelled", "everyday", "room_noise")}
-                entry["stream"]["labelled"]["rows"] = [r for r in result["rows"]
-                                                       if r["label"] != P.BACKGROUND]
-                entry["stream"]["everyday"]["rows"] = [r for r in result["rows"]
-                                                       if r["label"] == P.BACKGROUND]
+                entry["stream"] = {k: result[k] for k in ("labelled", "everyday", "room_noise")}
+                for part in ("labelled", "everyday"):
+                    entry["stream"][part] = {k: v for k, v in result[part].items()}
             summary["rotations"][str(rot)] = entry
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.out:
