@@ -532,7 +532,14 @@ FILE_RATE_RANGE = (1000, 768_000)
 """Sample rates (Hz) a file may declare. Far below, the resampler's filter delay spans
 the whole file (a 1.2 kB WAV at 1 Hz once took 1.2 GB); no recording is made there."""
 MAX_READ_FRAMES = 1 << 16
-"""Frames decoded per read, whatever the rate: memory per block stays bounded."""
+"""Longest block (in frames of the file) handed on, whatever the rate."""
+DECODE_SECONDS = 4.0
+"""Audio decoded per soundfile read; split into blocks of ``block_seconds`` afterwards.
+Each read costs libsndfile seeks and Python overhead whatever its length, so decoding
+many blocks at once makes replay cheaper; the blocks are the same as one read each."""
+MAX_DECODE_SAMPLES = 1 << 20
+"""Samples (frames x channels) decoded per read at most: 4 MB of float32, so memory
+stays bounded at any rate and channel count."""
 MAX_BLOCK_SECONDS = 1.0
 """Longest block handed to the pipeline (resampler output is split beyond it)."""
 _WAV_PCM_BITS = {1: (8, 16, 24, 32), 3: (32, 64)}  # format tag -> bits per sample
@@ -577,7 +584,8 @@ def _soundfile_message(exc: Exception) -> str:
 class FileSource(AudioSource):
     """Replay of an audio file (WAV, FLAC, OGG/Vorbis, anything libsndfile reads).
 
-    Read in blocks of ``block_seconds`` of the file's rate, downmixed to mono,
+    Decoded :data:`DECODE_SECONDS` at a time (a whole number of blocks) and handed on
+    in blocks of ``block_seconds`` of the file's rate, downmixed to mono,
     resampled to ``target_rate``, NaN/inf replaced by 0 (one warning) and samples
     outside [-1, 1] clipped. With ``realtime=True`` :meth:`read` sleeps so blocks
     come at the wall-clock rate, like a microphone. :meth:`read` raises
@@ -629,6 +637,12 @@ class FileSource(AudioSource):
         """Frames the header announces (a truncated file may hold fewer)."""
         self._block_frames = min(MAX_READ_FRAMES,
                                  max(1, int(round(block_seconds * self.source_rate))))
+        per_read = min(int(DECODE_SECONDS * self.source_rate),
+                       MAX_DECODE_SAMPLES // self.channels)
+        self._decode_frames = self._block_frames * max(1, per_read // self._block_frames)
+        self._chunk: np.ndarray | None = None  # decoded, cleaned mono samples
+        self._chunk_pos = 0  # next block starts here in _chunk
+        self._chunk_start = 0  # frame of the file where _chunk starts
         self._max_out = max(1, int(MAX_BLOCK_SECONDS * self.sample_rate))
         self._carry: np.ndarray | None = None  # resampled samples beyond _max_out
         self._resampler = StreamResampler(self.source_rate, self.sample_rate)
@@ -638,13 +652,13 @@ class FileSource(AudioSource):
         self._flushed = False
         self._nonfinite = 0
         self._t0: float | None = None
-        # Decode the first block now so a corrupt file fails here, with one line.
+        # Decode the first samples now so a corrupt file fails here, with one line.
         try:
-            first = self._file.read(self._block_frames, dtype="float32", always_2d=True)
+            first = self._decode()
         except Exception as exc:
             self._file.close()
             raise AudioError(f"{name}: cannot decode audio ({_soundfile_message(exc)})") from None
-        if len(first) == 0:
+        if first is None:
             self._file.close()
             raise AudioError(f"{name}: contains no audio samples")
         self._pending: np.ndarray | None = first
@@ -667,23 +681,55 @@ class FileSource(AudioSource):
     def start(self) -> None:
         self._t0 = time.monotonic()
 
+    def _decode(self) -> np.ndarray | None:
+        """Decode the next ``_decode_frames`` frames (None at the end of the file).
+
+        A read that fails part-way (damaged data) is retried from its start one block
+        at a time, so every block before the damage is still played, as with one read
+        per block; the exception of the failing block is raised.
+        """
+        start = self._chunk_start
+        try:
+            raw = self._file.read(self._decode_frames, dtype="float32", always_2d=True)
+        except Exception:
+            if self._decode_frames == self._block_frames:
+                raise
+            self._decode_frames = self._block_frames  # small reads from here on
+            self._file.seek(start)
+            return self._decode()
+        if len(raw) == 0:
+            return None
+        self._chunk_start = start + len(raw)
+        return raw
+
     def _next_raw(self) -> np.ndarray | None:
+        """The next decoded, not yet cleaned read (None once the file is exhausted)."""
         if self._pending is not None:
-            block, self._pending = self._pending, None
-            return block
+            raw, self._pending = self._pending, None
+            return raw
         if self._exhausted:
             return None
         try:
-            block = self._file.read(self._block_frames, dtype="float32", always_2d=True)
+            raw = self._decode()
         except Exception as exc:
             logger.warning("%s: decoding stopped at %.2f s (%s); the rest of the file is skipped",
                            self.path, self._read_frames / self.source_rate,
                            _soundfile_message(exc))
-            block = np.zeros((0, self.channels), dtype=np.float32)
-        if len(block) == 0:
+            raw = None
+        if raw is None:
             self._exhausted = True
-            return None
-        return block
+        return raw
+
+    def _next_block(self) -> np.ndarray | None:
+        """The next ``_block_frames`` clean mono samples (the last may be shorter)."""
+        if self._chunk is None or self._chunk_pos >= self._chunk.size:
+            raw = self._next_raw()
+            if raw is None:
+                return None
+            self._chunk, self._chunk_pos = self._clean(raw), 0
+        start = self._chunk_pos
+        self._chunk_pos = start + self._block_frames
+        return self._chunk[start:self._chunk_pos]
 
     def _clean(self, block: np.ndarray) -> np.ndarray:
         if self.channels == 1:
@@ -720,15 +766,15 @@ class FileSource(AudioSource):
 
     def _read_resampled(self) -> np.ndarray:
         while True:
-            raw = self._next_raw()
-            if raw is None:
+            block = self._next_block()
+            if block is None:
                 if self._flushed:
                     raise EOFError(f"{self.path}: end of file")
                 self._flushed = True
                 out = self._resampler.flush()
                 self._file.close()
             else:
-                out = self._resampler.process(self._clean(raw))
+                out = self._resampler.process(block)
             if out.size:
                 return out
 

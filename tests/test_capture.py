@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 import detector.capture as capture
-from detector.capture import DEMO_CLIP, AudioSource, FileSource
+from detector.capture import DECODE_SECONDS, DEMO_CLIP, AudioSource, FileSource
 from detector.errors import AudioError
 from detector.resample import resample
 
@@ -135,9 +135,12 @@ def test_large_file_is_read_in_blocks(tmp_path, monkeypatch):
         return real_read(self, frames, *args, **kwargs)
 
     monkeypatch.setattr(sf.SoundFile, "read", spy)
-    got, _ = read_all(FileSource(path, RATE, block_seconds=0.5))
+    got, sizes = read_all(FileSource(path, RATE, block_seconds=0.5))
     assert len(got) == RATE * 60
-    assert set(requested) == {RATE // 2}  # never "read everything" (frames=-1)
+    # decoded DECODE_SECONDS (a whole number of blocks) per read, never "everything"
+    # (frames=-1), and handed on in blocks of block_seconds
+    assert set(requested) == {int(DECODE_SECONDS * RATE)}
+    assert set(sizes) == {RATE // 2}
 
 
 def test_realtime_paces_to_the_clock(tmp_path, monkeypatch):

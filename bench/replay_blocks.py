@@ -1,0 +1,146 @@
+"""Replay CPU before/after a code change, through the CLI: ``sound-detector replay --stats``.
+
+    python bench/replay_blocks.py --before <rev> --repeats 4 --seconds 600
+
+Writes ``--seconds`` of real recordings (``bench._common.real_scene``: UrbanSound8K, SESA and
+everyday clips back to back; the tiled demo clip without ../shared/data) as a 16-bit WAV and
+as FLAC, then for each format and repeat runs ``python -m detector replay FILE --stats``
+(shipped model, default config with MQTT off, stdout JSON to /dev/null) once with the
+``--before`` revision (a ``git archive`` copy) and once with the working tree, back to back,
+so both see the same machine load. Per run it records the whole process's CPU (user + system
+from the child's rusage: interpreter start, imports, model load and the replay) per second
+of audio, the CPU the ``--stats`` line reports (the replay alone), peak RSS and the events.
+
+Results: ``bench/results/<name>.json`` and ``<name>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import REPO, machine, real_scene, save  # noqa: E402
+from bench.cpu_compare import export_revision  # noqa: E402
+
+STATS = re.compile(r"stats: (?P<audio>[\d.]+) s of audio, (?P<windows>\d+) windows, "
+                   r"(?P<events>\d+) events; CPU (?P<cpu>[\d.]+) s = (?P<per_s>[\d.]+) ms.*"
+                   r"peak (?P<peak>[\d.]+) MB")
+
+
+def run_once(tree: Path, audio: Path, config: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-m", "detector", "replay", str(audio), "--stats",
+                           "--config", str(config)], cwd=tree, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"replay failed in {tree} ({proc.returncode}): {proc.stderr.strip()}")
+    match = STATS.search(proc.stderr)
+    if match is None:
+        raise SystemExit(f"no --stats line in: {proc.stderr.strip()}")
+    audio_s = float(match["audio"])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"process_cpu_ms_per_audio_second": round(1000 * cpu / audio_s, 3),
+            "stats_cpu_ms_per_audio_second": float(match["per_s"]),
+            "peak_rss_mb": float(match["peak"]), "windows": int(match["windows"]),
+            "events": int(match["events"])}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="git revision to compare against")
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--formats", nargs="+", default=["wav", "flac"], choices=["wav", "flac"])
+    parser.add_argument("--name", default="replay_blocks", help="results file name")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    args = parser.parse_args(argv)
+
+    import soundfile as sf
+
+    info = machine()
+    runs: dict[str, dict[str, list[dict]]] = {}
+    with tempfile.TemporaryDirectory(prefix="replay-blocks-") as tmp:
+        tmp = Path(tmp)
+        before_tree = tmp / "before"
+        before_tree.mkdir()
+        sha = export_revision(args.before, before_tree)
+        y, what = real_scene(args.seconds)
+        config = tmp / "config.toml"
+        config.write_text("[mqtt]\nenabled = false\n[output]\nlog_level = \"warning\"\n")
+        files = {}
+        for fmt in args.formats:
+            files[fmt] = tmp / f"replay.{fmt}"
+            sf.write(str(files[fmt]), y, 16000, subtype="PCM_16")
+        for fmt, path in files.items():
+            runs[fmt] = {"before": [], "after": []}
+            for i in range(args.repeats):
+                for label, tree in (("before", before_tree), ("after", REPO)):
+                    r = run_once(tree, path, config)
+                    r["load_avg_1min"] = round(os.getloadavg()[0], 2)
+                    runs[fmt][label].append(r)
+                    print(f"{fmt} repeat {i + 1} {label}: {r}", file=sys.stderr)
+    for fmt in runs:
+        b, a = runs[fmt]["before"], runs[fmt]["after"]
+        if [r["events"] for r in b] != [r["events"] for r in a]:
+            print(f"warning: {fmt}: event counts differ before/after", file=sys.stderr)
+    result = {"machine": info, "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
+              "command": "python bench/replay_blocks.py " + " ".join(
+                  sys.argv[1:] if argv is None else argv),
+              "before": sha, "after": "working tree", "audio": what, "seconds": args.seconds,
+              "repeats": args.repeats, "runs": runs,
+              "median": {fmt: {label: {k: round(statistics.median(r[k] for r in rs), 3)
+                                       for k in rs[0]} for label, rs in v.items()}
+                         for fmt, v in runs.items()}}
+    md = markdown(result)
+    path = save(args.name, result, md, args.out)
+    print(md)
+    print(f"-> {path}")
+    return 0
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; {m['date']}; "
+        f"load average {m['load_avg_1min_at_start']} at start, {r['load_avg_1min_at_end']} at "
+        "end (shared machine).",
+        f"Command: `{r['command']}` — `python -m detector replay FILE --stats` (shipped model, "
+        f"MQTT off, stdout to /dev/null), before = {r['before']}, after = working tree, "
+        f"alternated {r['repeats']} times per format on {r['seconds']:g} s of audio: {r['audio']}.",
+        "",
+        "| file | median of runs | before | after | after / before |", "|---|---|---|---|---|",
+    ]
+    names = {"process_cpu_ms_per_audio_second": "whole process CPU per second of audio "
+                                                "(startup included)",
+             "stats_cpu_ms_per_audio_second": "replay CPU per second of audio (`--stats`)",
+             "peak_rss_mb": "peak RSS (MB)", "events": "events"}
+    for fmt, med in r["median"].items():
+        b, a = med["before"], med["after"]
+        for key, name in names.items():
+            ratio = f"{a[key] / b[key]:.2f}x" if b[key] else ""
+            lines.append(f"| {fmt} | {name} | {b[key]:g} | {a[key]:g} | {ratio} |")
+    lines += ["", "| file | run | before: process / `--stats` ms per s | after: process / "
+              "`--stats` ms per s | load |", "|---|---|---|---|---|"]
+    for fmt, v in r["runs"].items():
+        for i, (x, y) in enumerate(zip(v["before"], v["after"]), 1):
+            lines.append(f"| {fmt} | {i} | {x['process_cpu_ms_per_audio_second']:.2f} / "
+                         f"{x['stats_cpu_ms_per_audio_second']:.2f} | "
+                         f"{y['process_cpu_ms_per_audio_second']:.2f} / "
+                         f"{y['stats_cpu_ms_per_audio_second']:.2f} | "
+                         f"{x['load_avg_1min']}-{y['load_avg_1min']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
