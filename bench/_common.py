@@ -162,3 +162,29 @@ def real_scene(seconds: float, sr: int = 16000, data: Path | None = None,
     out = np.concatenate(parts)[:n]
     return out, (f"{count} real clips (UrbanSound8K, SESA, everyday negatives) back to back, "
                  f"each after {gap_seconds:g} s of {noise_dbfs:g} dBFS noise")
+
+
+def write_scene_in_child(seconds: float, paths) -> tuple[str, int]:
+    """:func:`real_scene` written (16-bit, 16 kHz) to every path by a separate process, so
+    the caller stays small: a child's ``ru_maxrss`` starts from its parent's RSS at fork
+    (Linux keeps the high-water mark across exec), so a bench that holds the audio would
+    hide the peak RSS of the processes it measures. Returns (what it is, samples)."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import soundfile as sf; "
+            "from bench._common import real_scene; y, what = real_scene(float(sys.argv[2])); "
+            "[sf.write(p, y, 16000, subtype='PCM_16') for p in sys.argv[3:]]; "
+            "print(json.dumps([what, len(y)]))")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO), str(seconds),
+                          *map(str, paths)], check=True, capture_output=True, text=True).stdout
+    what, samples = json.loads(out.strip().splitlines()[-1])
+    return what, int(samples)
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB (Linux; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return 0.0

@@ -28,12 +28,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, machine, real_scene, save  # noqa: E402
+from bench._common import REPO, machine, rss_mb, save, write_scene_in_child  # noqa: E402
 from bench.cpu_compare import export_revision  # noqa: E402
 
 STATS = re.compile(r"stats: (?P<audio>[\d.]+) s of audio, (?P<windows>\d+) windows, "
                    r"(?P<events>\d+) events; CPU (?P<cpu>[\d.]+) s = (?P<per_s>[\d.]+) ms.*"
                    r"peak (?P<peak>[\d.]+) MB")
+
+
+def head() -> str:
+    """The working tree's commit, marked ``+changes`` when files differ from it."""
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return sha + (" +changes" if dirty else "")
 
 
 def run_once(tree: Path, audio: Path, config: Path) -> dict:
@@ -66,8 +75,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
 
-    import soundfile as sf
-
     info = machine()
     runs: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="replay-blocks-") as tmp:
@@ -75,13 +82,11 @@ def main(argv=None) -> int:
         before_tree = tmp / "before"
         before_tree.mkdir()
         sha = export_revision(args.before, before_tree)
-        y, what = real_scene(args.seconds)
         config = tmp / "config.toml"
         config.write_text("[mqtt]\nenabled = false\n[output]\nlog_level = \"warning\"\n")
-        files = {}
-        for fmt in args.formats:
-            files[fmt] = tmp / f"replay.{fmt}"
-            sf.write(str(files[fmt]), y, 16000, subtype="PCM_16")
+        files = {fmt: tmp / f"replay.{fmt}" for fmt in args.formats}
+        what, _ = write_scene_in_child(args.seconds, files.values())
+        parent_rss = round(rss_mb(), 1)
         for fmt, path in files.items():
             runs[fmt] = {"before": [], "after": []}
             for i in range(args.repeats):
@@ -97,8 +102,8 @@ def main(argv=None) -> int:
     result = {"machine": info, "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
               "command": "python bench/replay_blocks.py " + " ".join(
                   sys.argv[1:] if argv is None else argv),
-              "before": sha, "after": "working tree", "audio": what, "seconds": args.seconds,
-              "repeats": args.repeats, "runs": runs,
+              "before": sha, "after": "working tree at " + head(), "audio": what, "seconds": args.seconds,
+              "repeats": args.repeats, "bench_rss_mb_while_measuring": parent_rss, "runs": runs,
               "median": {fmt: {label: {k: round(statistics.median(r[k] for r in rs), 3)
                                        for k in rs[0]} for label, rs in v.items()}
                          for fmt, v in runs.items()}}
@@ -116,8 +121,10 @@ def markdown(r: dict) -> str:
         f"load average {m['load_avg_1min_at_start']} at start, {r['load_avg_1min_at_end']} at "
         "end (shared machine).",
         f"Command: `{r['command']}` — `python -m detector replay FILE --stats` (shipped model, "
-        f"MQTT off, stdout to /dev/null), before = {r['before']}, after = working tree, "
-        f"alternated {r['repeats']} times per format on {r['seconds']:g} s of audio: {r['audio']}.",
+        f"MQTT off, stdout to /dev/null), before = {r['before']}, after = {r['after']}, "
+        f"alternated {r['repeats']} times per format on {r['seconds']:g} s of audio: {r['audio']}. "
+        f"Peak RSS is what `--stats` reports (the bench process itself held "
+        f"{r['bench_rss_mb_while_measuring']} MB, below every peak).",
         "",
         "| file | median of runs | before | after | after / before |", "|---|---|---|---|---|",
     ]

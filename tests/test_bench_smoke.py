@@ -63,3 +63,105 @@ def test_frontend_cost_tiny(tmp_path):
     assert rows["mn_logmel"]["n_mels"] == 128 and rows["mn_logmel"]["columns"] == 1 + (32000 - 512) // 160
     assert all(r["cpu_ms_per_audio_second_median"] > 0 for r in rows.values())
     assert "| `mn_logmel` |" in (tmp_path / "tiny.md").read_text()
+
+
+def test_replay_blocks_tiny(tmp_path):
+    run("replay_blocks.py", "--before", "HEAD", "--repeats", "1", "--seconds", "6",
+        "--formats", "flac", "--name", "tiny", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    before, after = result["runs"]["flac"]["before"][0], result["runs"]["flac"]["after"][0]
+    assert before["windows"] == after["windows"] > 10
+    assert before["events"] == after["events"]
+    assert after["process_cpu_ms_per_audio_second"] > after["stats_cpu_ms_per_audio_second"] > 0
+    assert "whole process CPU" in (tmp_path / "tiny.md").read_text()
+
+
+def _yamnet_shaped_model(path: Path) -> Path:
+    """A tiny stand-in with the W8A8 YAMNet's interface: uint8 [1, 1, 96, 64] in, uint8
+    [1, 521] out, and its four quantization initializers (scores follow the mean level)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "audio_scale"),
+             numpy_helper.from_array(np.array(144, np.uint8), "audio_zero_point"),
+             numpy_helper.from_array(np.array(0.75, np.float32), "class_scores_scale"),
+             numpy_helper.from_array(np.array(190, np.uint8), "class_scores_zero_point"),
+             numpy_helper.from_array(np.array([1, 1], np.int64), "shape"),
+             numpy_helper.from_array(np.linspace(-1, 1, 521, dtype=np.float32)[None], "w")]
+    nodes = [helper.make_node("DequantizeLinear", ["audio", "audio_scale", "audio_zero_point"],
+                              ["x"]),
+             helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+             helper.make_node("Reshape", ["m", "shape"], ["m2"]),
+             helper.make_node("MatMul", ["m2", "w"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "class_scores_scale",
+                                                 "class_scores_zero_point"], ["class_scores"])]
+    graph = helper.make_graph(
+        nodes, "yamnet_shaped",
+        [helper.make_tensor_value_info("audio", TensorProto.UINT8, [1, 1, 96, 64])],
+        [helper.make_tensor_value_info("class_scores", TensorProto.UINT8, [1, 521])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.slow
+def test_peer_compare_tiny(tmp_path, mosquitto):
+    model = _yamnet_shaped_model(tmp_path / "peer" / "model.onnx")
+    run("peer_compare.py", "--seconds", "6", "--repeats", "1", "--yamnet", str(model),
+        "--name", "tiny", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    runs = result["runs"]
+    assert runs["daemon"][0]["cpu_ms_per_audio_second"] > 0
+    assert runs["yamnet_0.975"][0]["patches"] == 6  # one 0.975 s patch per 0.975 s of 6 s
+    assert runs["yamnet_0.48"][0]["patches"] == 10  # whole 0.48 s chunks from 1.44 s to 5.76 s
+    assert result["yamnet"]["source"] == "model.onnx"  # a name, not a local path
+    assert "Frigate's cadence" in (tmp_path / "tiny.md").read_text()
+
+
+def test_peer_compare_refuses_a_missing_model_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "peer_compare.py"), "--yamnet",
+                           str(tmp_path / "nope.onnx"), "--seconds", "2", "--repeats", "1",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"peer_compare: {tmp_path / 'nope.onnx'}: not found"]
+
+
+def test_yamnet_front_end_puts_a_tone_in_its_mel_band():
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from yamnet_peer import PATCH_SAMPLES, SR, YamnetFrontEnd, yamnet_mel_matrix
+
+    t = np.arange(PATCH_SAMPLES) / SR
+    patch = YamnetFrontEnd().patch((0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))
+    assert patch.shape == (96, 64)
+    mel = yamnet_mel_matrix()
+    band_of_1k = int(np.argmax(mel[int(round(1000 / (SR / 512)))]))
+    assert set(np.argmax(patch, axis=1)) == {band_of_1k}
+    silence = YamnetFrontEnd().patch(np.zeros(PATCH_SAMPLES, np.float32))
+    np.testing.assert_allclose(silence, np.log(0.001), rtol=1e-6)  # YAMNet's log offset
+
+
+@pytest.mark.slow
+def test_latency_on_real_recordings_tiny(tmp_path, mosquitto, shared_data):
+    run("latency.py", "--real", "dog_bark", "siren", "--onsets", "1", "--gap", "1.0",
+        "--data", str(shared_data), "--name", "tiny", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    assert result["onsets"] == 2 and set(result["labels"]) == {"dog_bark", "siren"}
+    for row in result["labels"].values():
+        assert row["clips"] == 1 and row["detected"] + row["missed"] == 1
+        if row["detected"]:
+            assert 0 < row["latency_ms"]["p50"] < 10000
+    assert result["model"]
+    assert "| dog_bark |" in (tmp_path / "tiny.md").read_text()
+
+
+def test_latency_without_real_data_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "latency.py"), "--real", "siren",
+                           "--data", str(tmp_path), "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"latency: no real recordings at {tmp_path}; pass --data or use --sound"]
