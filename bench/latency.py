@@ -11,6 +11,14 @@ a segment of the bundled demo clip with a known onset (``scripts/make_demo_clip.
 ``--sound siren`` = 0-6 s, the passing siren starting 1.0 s (0.15 s fade-in, far away
 at first, so it becomes audible later than its nominal onset).
 
+With ``--real siren gun_shot dog_bark car_horn`` the sounds are real recordings instead
+(``--data``, default ../shared/data: SESA ``siren/`` and ``gunshot/``, UrbanSound8K
+``dog_bark`` and ``car_horn`` slices, ``--onsets`` clips of each in a fixed order, kinds
+interleaved), each after ``--gap`` seconds of -60 dBFS noise. A real clip's onset is the
+start of its first 10 ms frame within 20 dB of its loudest frame (the sound, not the
+background it was recorded in); a hit is the first ``start`` of the clip's own label.
+The clips may be among the model's training data: this measures delay, not accuracy.
+
 latency = arrival time at the subscriber - wall time of the onset sample
 (the stream clock is anchored to the wall clock at the first sample). It
 includes the model window filling up (1 s window, 0.25 s hop), smoothing, and
@@ -60,6 +68,68 @@ def stimulus(onsets: int, gap: float, sound: str = "horn", seed: int = 0
     return np.concatenate(parts), times, t / max(1, onsets) if onsets else 0.0
 
 
+REAL = {"siren": ("sesa", "siren"), "gun_shot": ("sesa", "gunshot"),
+        "dog_bark": ("urbansound8k", "dog_bark"), "car_horn": ("urbansound8k", "car_horn")}
+"""Label -> (dataset, SESA folder or UrbanSound8K class) of the real recordings."""
+ONSET_DB_BELOW_PEAK = 20.0
+
+
+def real_clips(data: Path, label: str, count: int) -> list[Path]:
+    """``count`` recordings of ``label`` in a fixed order, spread over the folder / folds."""
+    import csv
+
+    dataset, name = REAL[label]
+    if dataset == "sesa":
+        files = sorted((data / "sesa" / name).glob("*.flac"))
+    else:
+        files = []
+        with open(data / "urbansound8k" / "metadata" / "UrbanSound8K.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                path = data / "urbansound8k" / "audio" / f"fold{row['fold']}" / row["slice_file_name"]
+                if row["class_name"] == name and row["salience"] == "1" and path.exists():
+                    files.append(path)
+        files.sort()
+    if not files:
+        raise SystemExit(f"latency: no {label} recordings under {data} (see its README)")
+    step = max(1, len(files) // max(1, count))
+    return [files[(i * step) % len(files)] for i in range(count)]
+
+
+def clip_onset(y: np.ndarray) -> float:
+    """Seconds to the first 10 ms frame within ONSET_DB_BELOW_PEAK dB of the loudest one."""
+    frame = SR // 100
+    n = len(y) // frame
+    if n == 0:
+        return 0.0
+    power = np.mean(y[:n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1)
+    level = 10 * np.log10(np.maximum(power, 1e-12))
+    return float(np.argmax(level >= level.max() - ONSET_DB_BELOW_PEAK)) * frame / SR
+
+
+def real_stimulus(data: Path, labels: list[str], per_label: int, gap: float, seed: int = 0
+                  ) -> tuple[np.ndarray, list[tuple[float, str, str]]]:
+    """(audio, [(onset time, label, clip name)]): the kinds interleaved, each after ``gap``
+    seconds of -60 dBFS noise."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    clips = {label: real_clips(data, label, per_label) for label in labels}
+    parts, onsets, t = [], [], 0.0
+    for i in range(per_label):
+        for label in labels:
+            path = clips[label][i]
+            y, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            if rate != SR:
+                raise SystemExit(f"latency: {path.name}: {rate} Hz, expected {SR}")
+            y = y.mean(axis=1)
+            quiet = (10 ** (-60 / 20)) * rng.standard_normal(int(gap * SR)).astype(np.float32)
+            parts += [quiet, y]
+            onsets.append((t + gap + clip_onset(y), label, path.name))
+            t += gap + len(y) / SR
+    parts.append(np.zeros(int(2.0 * SR), np.float32))  # let the last event end
+    return np.concatenate(parts), onsets
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onsets", type=int, default=20)
@@ -67,6 +137,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sound", choices=sorted(SOUNDS), default="horn")
     parser.add_argument("--smoothing", type=int, default=None,
                         help="events.smoothing_windows (default: the daemon's default)")
+    parser.add_argument("--real", nargs="+", choices=sorted(REAL), default=None,
+                        help="real recordings of these labels instead of the demo clip")
+    parser.add_argument("--data", default=None,
+                        help="real data folder (default ../shared/data beside the repository)")
     parser.add_argument("--name", default="latency")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -80,7 +154,16 @@ def main(argv=None) -> int:
     from detector.pipeline import Pipeline, build_sinks
 
     info = machine()
-    audio, onsets, cycle = stimulus(args.onsets, args.gap, args.sound)
+    if args.real:
+        from bench._common import SHARED_DATA
+
+        data = Path(args.data) if args.data else SHARED_DATA
+        if not (data / "sesa").is_dir() and not (data / "urbansound8k").is_dir():
+            raise SystemExit(f"latency: no real recordings at {data}; pass --data or use --sound")
+        audio, marked = real_stimulus(data, args.real, args.onsets, args.gap)
+    else:
+        audio, times, _ = stimulus(args.onsets, args.gap, args.sound)
+        marked = [(t, None, None) for t in times]
     arrivals: list[tuple[float, dict]] = []
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, Broker() as broker:
@@ -115,7 +198,7 @@ def main(argv=None) -> int:
         source = FileSource(wav, SR, realtime=True, block_seconds=config.audio.block_seconds)
         pipeline = Pipeline(config, source, classifier,
                             build_sinks(config, SR, stdout=False), live=True, node="bench")
-        print(f"replaying {len(audio) / SR:.0f} s in real time ({args.onsets} onsets)...",
+        print(f"replaying {len(audio) / SR:.0f} s in real time ({len(marked)} onsets)...",
               flush=True)
         pipeline.run()
         time.sleep(0.5)
@@ -125,22 +208,24 @@ def main(argv=None) -> int:
             raise pipeline.error
         origin = pipeline.started_at
     starts = sorted((t, e) for t, e in arrivals if e.get("type") == "start")
-    latencies, labels, missed, false_starts = [], [], 0, 0
-    window_end = cycle - 0.5  # a start belongs to an onset until just before the next one
-    for onset in onsets:
-        wall = origin + onset
-        hits = [(t, e) for t, e in starts if wall - 0.5 <= t < wall + window_end]
-        if not hits:
-            missed += 1
-            continue
-        t, e = hits[0]
-        latencies.append(t - wall)
-        labels.append(e["label"])
-    matched = set()
-    for onset in onsets:
-        wall = origin + onset
-        matched.update(t for t, _ in starts if wall - 0.5 <= t < wall + window_end)
-    false_starts = sum(1 for t, _ in starts if t not in matched)
+    # a start belongs to an onset from 0.5 s before it until 0.5 s before the next one
+    spans = [(origin + t, origin + (marked[i + 1][0] if i + 1 < len(marked)
+                                    else len(audio) / SR) - 0.5)
+             for i, (t, _, _) in enumerate(marked)]
+    per_onset = []  # (label wanted, latency s or None, first label that started)
+    for (wall, until), (_, want, _) in zip(spans, marked):
+        hits = [(t, e) for t, e in starts if wall - 0.5 <= t < until]
+        own = [(t, e) for t, e in hits if want is None or e["label"] == want]
+        per_onset.append((want, own[0][0] - wall if own else None,
+                          hits[0][1]["label"] if hits else None))
+    false_starts = sum(1 for t, _ in starts if not any(w - 0.5 <= t < u for w, u in spans))
+    if args.real:
+        return _real_report(args, argv, info, config, marked, per_onset, false_starts,
+                            classifier.metadata.model_version)
+    latencies = [lat for _, lat, _ in per_onset if lat is not None]
+    labels = [first for _, lat, first in per_onset if lat is not None]
+    missed = sum(1 for _, lat, _ in per_onset if lat is None)
+    onsets = marked
     ms = [1000 * x for x in latencies]
     result = {"machine": info, "sound": args.sound, "command": "python bench/latency.py " + " ".join(
         sys.argv[1:] if argv is None else argv), "onsets": len(onsets), "detected": len(ms),
@@ -159,6 +244,54 @@ def main(argv=None) -> int:
           "|---|---|---|---|---|---|---|---|---|\n"
           f"| {args.sound} | {config.events.smoothing_windows} | {len(onsets)} | {len(ms)} | {missed} | {lat['p50']} ms | {lat['p95']} ms | "
           f"{lat['min']} ms | {lat['max']} ms |\n")
+    path = save(args.name, result, md, args.out)
+    print(md)
+    print(f"-> {path}")
+    return 0
+
+
+def _real_report(args, argv, info, config, marked, per_onset, false_starts, model) -> int:
+    rows = {}
+    for label in args.real:
+        mine = [(lat, first) for want, lat, first in per_onset if want == label]
+        ms = [1000 * lat for lat, _ in mine if lat is not None]
+        pct = percentiles(ms, (50, 95))
+        rows[label] = {
+            "clips": len(mine), "detected": len(ms), "missed": len(mine) - len(ms),
+            "other_label_first": sum(1 for lat, first in mine
+                                     if first is not None and first != label),
+            "latency_ms": {"p50": None if pct["p50"] is None else round(pct["p50"], 1),
+                           "p95": None if pct["p95"] is None else round(pct["p95"], 1),
+                           "min": round(min(ms), 1) if ms else None,
+                           "max": round(max(ms), 1) if ms else None},
+            "all_latencies_ms": [round(x, 1) for x in ms]}
+    result = {"machine": info, "model": model, "real": args.real, "command": "python bench/latency.py " + " ".join(
+        sys.argv[1:] if argv is None else argv), "onsets": len(marked),
+        "smoothing_windows": config.events.smoothing_windows,
+        "onset_rule": f"first 10 ms frame within {ONSET_DB_BELOW_PEAK:g} dB of the clip's loudest",
+        "start_events_outside_cycles": false_starts, "labels": rows,
+        "clips": [name for _, _, name in marked]}
+    fmt = (lambda v: "-" if v is None else f"{v} ms")
+    lines = [f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}; load average at "
+             f"start {info['load_avg_1min_at_start']}.",
+             f"Command: `{result['command']}` — real recordings (SESA sirens and gunshots, "
+             "UrbanSound8K dog_bark and car_horn slices), each after "
+             f"{args.gap:g} s of -60 dBFS noise, replayed in real time through the pipeline "
+             f"(model {model}), "
+             "MQTT via a real Mosquitto to a paho subscriber. Onset: the clip's first 10 ms "
+             f"frame within {ONSET_DB_BELOW_PEAK:g} dB of its loudest; hit: the first start of "
+             "the clip's own label. Clips may be in the model's training data.", "",
+             "| sound | smoothing | clips | detected | missed | other label first | p50 | p95 "
+             "| min | max |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, row in rows.items():
+        lat = row["latency_ms"]
+        lines.append(f"| {label} | {config.events.smoothing_windows} | {row['clips']} | "
+                     f"{row['detected']} | {row['missed']} | {row['other_label_first']} | "
+                     f"{fmt(lat['p50'])} | {fmt(lat['p95'])} | {fmt(lat['min'])} | "
+                     f"{fmt(lat['max'])} |")
+    lines.append("")
+    lines.append(f"Start events outside any clip's span: {false_starts}.")
+    md = "\n".join(lines) + "\n"
     path = save(args.name, result, md, args.out)
     print(md)
     print(f"-> {path}")
