@@ -307,3 +307,46 @@ def test_custom_dir_config_key_is_checked():
     assert custom.resolve_custom_dir(None, config, env={"STATE_DIRECTORY": "/s"}) == \
         (Path("/s/custom"), False)
     assert custom.resolve_custom_dir("x", config, env={})[1] is True
+
+
+def test_runtime_control_and_metrics_know_the_custom_label(enrolled, model, audio):
+    from detector.control import parse_control
+    from detector.metrics import MetricsSink, Registry
+    from detector.config import MetricsConfig
+    from detector.pipeline import Pipeline
+    from detector.sink import Sink
+
+    directory, _ = enrolled
+    clf = Classifier(model)
+    clf.attach_custom(custom.load_custom_dir(directory))
+    samples = custom.read_audio(audio["test"], 16000)
+
+    class Events(Sink):
+        def __init__(self):
+            self.labels, self.seen = (), []
+
+        def start(self, labels, model_version):
+            self.labels = tuple(labels)
+
+        def event(self, event):
+            self.seen.append((event["type"], event["label"]))
+
+    def run(control=None):
+        sink = Events()
+        registry = Registry()
+        metrics = MetricsSink(MetricsConfig(enabled=True, port=0), registry=registry)
+        pipe = Pipeline(Config(), custom.ArraySource(samples, 16000), clf, [sink, metrics],
+                        node="t")
+        if control is not None:
+            pipe.apply_control(parse_control(control, pipe.tracker.event_labels))
+        pipe.run()
+        return sink, registry.render()
+
+    sink, text = run()
+    assert "chirp" in sink.labels and ("start", "chirp") in sink.seen
+    line = [l for l in text.splitlines() if 'label="chirp"' in l and 'type="start"' in l]
+    assert line and line[0].endswith(" 1"), text
+    sink, text = run('{"labels": {"chirp": {"enabled": false}}}')
+    assert ("start", "chirp") not in sink.seen and ("start", "siren") in sink.seen
+    line = [l for l in text.splitlines() if 'label="chirp"' in l and 'type="start"' in l]
+    assert line and line[0].endswith(" 0"), text
