@@ -240,7 +240,7 @@ def main(argv=None) -> int:
         n = 20000
         cost[k] = min(timeit.repeat(lambda: heads.scores(emb), number=n, repeat=5)) / n * 1e6
 
-    out = {"model": version, "model_path": str(model) if not stand_in else
+    out = {"model": version, "model_path": Path(model).name if not stand_in else
            "detector/models/default.onnx (0.3.0) + pooled LSTM output exposed",
            "stand_in": stand_in, "machine": machine(), "rows": rows,
            "pipeline_check": pipeline_check, "head_us_per_window": cost,
