@@ -20,7 +20,9 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run folder of `python -m export pretrained`")
+    parser.add_argument("--run", required=True, action="append",
+                        help="run folder of `python -m export pretrained` (repeatable: rotations "
+                             "run in several folders are merged; the final model's folder first)")
     parser.add_argument("--model", required=True, help="the exported ONNX model")
     parser.add_argument("--command", default="", help="the command that trained it (shown)")
     parser.add_argument("--bench", action="append", default=[],
@@ -44,10 +46,13 @@ def pooled(rotations: dict) -> dict:
     return {"labelled": rows_l, "everyday": rows_e}
 
 
-def card(run: Path, model: Path, command: str, bench: list[Path]) -> str:
+def card(runs: list[Path], model: Path, command: str, bench: list[Path]) -> str:
     from detector.model import Classifier
 
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    for extra in runs[1:]:
+        summary.setdefault("rotations", {}).update(
+            json.loads((extra / "summary.json").read_text()).get("rotations", {}))
     clf = Classifier(model)
     meta = clf.metadata
     rots = summary.get("rotations", {})
@@ -186,7 +191,7 @@ def card(run: Path, model: Path, command: str, bench: list[Path]) -> str:
 
 
 def run(args) -> int:
-    text = card(Path(args.run), Path(args.model), args.command, [Path(p) for p in args.bench])
+    text = card([Path(r) for r in args.run], Path(args.model), args.command, [Path(p) for p in args.bench])
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
     return 0

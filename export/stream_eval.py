@@ -83,7 +83,8 @@ def replay_stream(model_path, audio: np.ndarray, config=None):
         wav = Path(tmp) / "stream.wav"
         sf.write(str(wav), audio, SR, subtype="FLOAT")
         source = FileSource(wav, SR, realtime=False, block_seconds=config.audio.block_seconds)
-        pipeline = Pipeline(config, source, classifier, [], live=False, node="eval")
+        pipeline = Pipeline(config, source, classifier, [], live=False, record_scores=True,
+                            node="eval")
         pipeline.run()
         if pipeline.error is not None:
             raise pipeline.error
