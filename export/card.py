@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--command", default="", help="the command that trained it (shown)")
     parser.add_argument("--bench", action="append", default=[],
                         help="benchmark JSON (bench/results/*.json) to quote (repeatable)")
+    parser.add_argument("--notes", help="Markdown file of measured notes to include (experiments)")
     parser.add_argument("--out", required=True, help="Markdown file to write")
 
 
@@ -46,7 +47,8 @@ def pooled(rotations: dict) -> dict:
     return {"labelled": rows_l, "everyday": rows_e}
 
 
-def card(runs: list[Path], model: Path, command: str, bench: list[Path]) -> str:
+def card(runs: list[Path], model: Path, command: str, bench: list[Path],
+         notes: Path | None = None) -> str:
     from detector.model import Classifier
 
     summary = json.loads((runs[0] / "summary.json").read_text())
@@ -179,6 +181,8 @@ def card(runs: list[Path], model: Path, command: str, bench: list[Path]) -> str:
         lines += [f"## Benchmark `{Path(path).name}`", "```",
                   json.dumps({k: v for k, v in data.items() if k not in ("rows",)}, indent=1)[:3000],
                   "```", ""]
+    if notes is not None:
+        lines += [notes.read_text().rstrip(), ""]
     lines += ["## License and credits",
               "- **Non-commercial use only**: trained on UrbanSound8K and ESC-50 (CC BY-NC 3.0).",
               "- EfficientAT mn04_as weights: MIT, (c) 2022 Florian Schmid; Schmid, Koutini & "
@@ -191,7 +195,8 @@ def card(runs: list[Path], model: Path, command: str, bench: list[Path]) -> str:
 
 
 def run(args) -> int:
-    text = card([Path(r) for r in args.run], Path(args.model), args.command, [Path(p) for p in args.bench])
+    text = card([Path(r) for r in args.run], Path(args.model), args.command, [Path(p) for p in args.bench],
+                Path(args.notes) if args.notes else None)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
     return 0

@@ -140,6 +140,8 @@ def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final"]["onnx_parity"] < 1e-4
     assert "0" in summary["rotations"] and "stream" in summary["rotations"]["0"]
+    # the rotation's held-out clips went through the daemon and some fired their label
+    assert summary["rotations"]["0"]["stream"]["labelled"]["recall"] > 0
     assert (run / "rot0" / "stream.png").is_file()
     clip = tmp_path / "siren.wav"
     sf.write(clip, np.concatenate([np.zeros(SR, np.float32), sweep(3.0, rng),
@@ -151,6 +153,13 @@ def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     events = [json.loads(line) for line in replay.stdout.splitlines() if line.startswith("{")]
     assert any(e["type"] == "start" and e["label"] == "siren" for e in events), replay.stdout
     assert all(e["model"] == "tiny-1" for e in events)
+    card = tmp_path / "MODEL_CARD.md"
+    done = subprocess.run([sys.executable, "-m", "export", "card", "--run", str(run), "--model",
+                           str(model), "--out", str(card)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = card.read_text()
+    assert "tiny-1" in text and "| 0 |" in text and "Non-commercial" in text
 
 
 def test_stream_eval_attributes_events_to_clips_and_gaps(tmp_path):
