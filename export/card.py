@@ -55,6 +55,15 @@ def card(runs: list[Path], model: Path, command: str, bench: list[Path],
     for extra in runs[1:]:
         summary.setdefault("rotations", {}).update(
             json.loads((extra / "summary.json").read_text()).get("rotations", {}))
+    # per-clip rows of each rotation's stream evaluation, from its rot<k>/stream.json
+    for key, entry in summary.get("rotations", {}).items():
+        stream = entry.get("stream")
+        for run in runs:
+            path = run / f"rot{key}" / "stream.json"
+            if stream and path.is_file() and not stream["labelled"].get("rows"):
+                rows = json.loads(path.read_text())["rows"]
+                stream["labelled"]["rows"] = [r for r in rows if r["label"] != "background"]
+                stream["everyday"]["rows"] = [r for r in rows if r["label"] == "background"]
     clf = Classifier(model)
     meta = clf.metadata
     rots = summary.get("rotations", {})
