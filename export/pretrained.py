@@ -109,15 +109,20 @@ def collect(data_root: str | Path, folds=None, limit: int = 0) -> list[Sample]:
                 if path.is_file():
                     kind = f"esc50:{row.get('category') or row.get('kind')}"
                     samples.append(Sample(path, BACKGROUND, kind_group(kind), kind))
-    if limit:
-        seen: dict[str, int] = {}
-        kept = []
-        for s in samples:
-            if seen.get(s.kind, 0) < limit:
-                seen[s.kind] = seen.get(s.kind, 0) + 1
-                kept.append(s)
-        samples = kept
-    return samples
+    return limit_per_kind(samples, limit)
+
+
+def limit_per_kind(samples: list[Sample], limit: int) -> list[Sample]:
+    """The first ``limit`` samples of each kind, in order (all of them when ``limit`` is 0)."""
+    if not limit:
+        return samples
+    seen: dict[str, int] = {}
+    kept = []
+    for s in samples:
+        if seen.get(s.kind, 0) < limit:
+            seen[s.kind] = seen.get(s.kind, 0) + 1
+            kept.append(s)
+    return kept
 
 
 # --- audio -------------------------------------------------------------------------------

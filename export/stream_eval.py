@@ -246,17 +246,9 @@ def plot(result: dict, path: Path) -> None:
 
 
 def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0) -> dict:
-    from .pretrained import collect
+    from .pretrained import collect, limit_per_kind
 
-    samples = [s for s in collect(data_root) if s.group in set(groups)]
-    if limit:
-        per: dict[str, int] = {}
-        kept = []
-        for s in samples:
-            if per.get(s.kind, 0) < limit:
-                per[s.kind] = per.get(s.kind, 0) + 1
-                kept.append(s)
-        samples = kept
+    samples = limit_per_kind([s for s in collect(data_root) if s.group in set(groups)], limit)
     audio, spans = build_stream(samples, gap)
     events, meta = replay_stream(model_path, audio)
     owners = attribute(events, spans)
