@@ -207,7 +207,6 @@ def clip_windows(audio: np.ndarray, is_event: bool, frontend, rng: np.random.Gen
     signal = signal + room_noise(len(signal), rng)
     feats = frontend(signal)
     frames = frontend_frames(frontend)
-    hop_cols = hop // 160
     starts = list(range(0, len(signal) - win + 1, hop))
     logmels, labels = [], []
     energies = []
@@ -233,7 +232,6 @@ def clip_windows(audio: np.ndarray, is_event: bool, frontend, rng: np.random.Gen
             lab = -1
         logmels.append(window)
         labels.append(lab)
-    del hop_cols
     return np.asarray(logmels, np.float32), np.asarray(labels, np.int64)
 
 

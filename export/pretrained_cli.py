@@ -98,7 +98,7 @@ def build_or_load_cache(args, weights) -> "object":
         jobs = [(args.data, str(run), i, args.workers, args.variants, args.synthetic, args.seed,
                  args.folds, args.limit) for i in range(args.workers)]
         if args.workers == 1:
-            [_cache_part(jobs[0])]
+            _cache_part(jobs[0])
         else:
             import multiprocessing as mp
             with mp.get_context("spawn").Pool(args.workers) as pool:
