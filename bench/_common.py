@@ -188,3 +188,82 @@ def rss_mb() -> float:
     except (OSError, ValueError):
         pass
     return 0.0
+
+
+def export_revision(rev: str, dest: Path) -> str:
+    """The tree of git revision ``rev`` extracted into ``dest``; returns its short sha."""
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    archive = subprocess.run(["git", "archive", sha], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return sha
+
+
+def head() -> str:
+    """The working tree's commit, marked ``+changes`` when tracked files differ from it."""
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return sha + (" +changes" if dirty else "")
+
+
+def child_env(tree: Path | str = REPO, pycache: Path | str | None = None) -> dict:
+    """The environment a measured child runs in: ``tree`` first on the import path, one
+    BLAS thread (as the CLI sets), and, with ``pycache``, Python's bytecode cache written
+    and read there (``PYTHONDONTWRITEBYTECODE`` removed), so the child loads compiled
+    modules as an installed package does instead of compiling every module at start."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
+
+
+class ChildRun:
+    """What :func:`run_child` measured of one process."""
+
+    def __init__(self, cmd, returncode: int, cpu_seconds: float, wall_seconds: float,
+                 maxrss_mb: float, stdout: str, stderr: str):
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.cpu_seconds = cpu_seconds
+        """User + system CPU of the child (all its threads), from its own rusage."""
+        self.wall_seconds = wall_seconds
+        self.maxrss_mb = maxrss_mb
+        """The child's ``ru_maxrss``: Linux carries the parent's RSS at the fork into it,
+        so it is the child's own peak only when that is above the parent's RSS."""
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def last_line(self) -> str:
+        """The last stderr line (what a failing command said)."""
+        lines = self.stderr.strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def check(self, who: str) -> "ChildRun":
+        """Exit with one line naming ``who`` when the child failed."""
+        if self.returncode != 0:
+            raise SystemExit(f"{who}: {' '.join(map(str, self.cmd[:4]))} failed "
+                             f"({self.returncode}): {self.last_line()}")
+        return self
+
+
+def run_child(cmd, env: dict | None = None, cwd: Path | str = REPO) -> ChildRun:
+    """Run ``cmd`` to its end and measure it alone: CPU (user + system) and ``ru_maxrss``
+    from ``wait4`` of that child, wall time, and its stdout / stderr (through temporary
+    files, so a chatty child never blocks on a full pipe while it is being waited for)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=out,
+                                stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ChildRun(cmd, proc.returncode, usage.ru_utime + usage.ru_stime, wall,
+                        usage.ru_maxrss / 1024.0, out.read(), err.read())

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench._common import REPO, demo_audio, machine, save, write_tiled  # noqa: E402
+from bench._common import (REPO, child_env, demo_audio, export_revision,  # noqa: E402
+                           machine, run_child, save, write_tiled)
 
 CHILD = r"""
 import json, os, sys, time
@@ -119,24 +119,12 @@ KEYS = ("cpu_ms_per_audio_second", "model_ms_per_audio_second", "other_ms_per_au
         "pipeline_only_ms_per_audio_second")
 
 
-def export_revision(rev: str, dest: Path) -> str:
-    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout.strip()
-    archive = subprocess.run(["git", "archive", sha], cwd=REPO, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return sha
-
-
 def run_once(tree: Path, wav: Path, raw: Path) -> dict:
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, "1")
     result = {}
     for child, arg in ((CHILD, wav), (OVERHEAD_CHILD, raw)):
-        out = subprocess.run([sys.executable, "-c", child, str(tree), str(arg)], env=env,
-                             check=True, capture_output=True, text=True).stdout
-        result.update(json.loads(out.strip().splitlines()[-1]))
+        run = run_child([sys.executable, "-c", child, str(tree), str(arg)],
+                        child_env(tree)).check("cpu_compare")
+        result.update(json.loads(run.stdout.strip().splitlines()[-1]))
     return result
 
 

