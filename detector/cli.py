@@ -353,14 +353,17 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident set size in MB. ``ru_maxrss`` is the kernel's high-water mark, which
-    is only brought up to date at some events, so it can lag the current RSS; VmHWM in
-    /proc is that mark updated with the current RSS, and the peak is never below now."""
+    """This process's own peak resident set size in MB: VmHWM of /proc/self/status (the
+    high-water mark of this process's memory, never below the current RSS). Not
+    ``ru_maxrss``: Linux starts a child's ``ru_maxrss`` from its parent's RSS at the fork
+    and keeps it across exec, so a replay started by a large process would report the
+    parent's peak. ``ru_maxrss`` only where /proc is missing."""
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return max(hwm, _rss_mb())
     import resource
 
-    marks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-             _proc_status_mb("VmHWM") or 0.0, _rss_mb()]
-    return max(marks)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _print_stats(pipeline, cpu_s: float, wall_s: float, rss_start_mb: float) -> None:

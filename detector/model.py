@@ -78,6 +78,29 @@ def _session_options(intra_op_threads: int):
     return options
 
 
+def _symbolic_overrides(path: Path) -> dict[str, int]:
+    """Values for the named symbolic dims of the model's one input ``[batch, frames,
+    n_mels, 1]``: batch 1, the others what the metadata says. Empty when the file has
+    none, or cannot be read this way (then onnxruntime and the checks report it)."""
+    from .onnxfile import read_header
+
+    try:
+        props, inputs = read_header(path)
+        if len(inputs) != 1:
+            return {}
+        (shape,) = inputs.values()
+        if shape is None or len(shape) != 4:
+            return {}
+        meta = ModelMetadata.from_props(props, source=f"model {path}")
+    except Exception:  # any problem: no overrides; the normal path names it
+        return {}
+    values: dict[str, int] = {}
+    for dim, want in zip(shape, (1, meta.frames, meta.features.n_mels, 1)):
+        if isinstance(dim, str) and dim:
+            values[dim] = want if values.get(dim, want) == want else -1
+    return {name: v for name, v in values.items() if v > 0}
+
+
 def _dim_ok(dim: object, expected: int) -> bool:
     """A static dimension must match; a symbolic/unknown one (str/None) is allowed."""
     return not isinstance(dim, int) or dim == expected
@@ -89,8 +112,6 @@ class Classifier:
     def __init__(self, path: str | Path | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_threads: int = 1):
-        import onnxruntime as ort
-
         self.path = Path(path) if path is not None else default_model_path()
         where = f"model {self.path}"
         if not self.path.exists():
@@ -103,12 +124,7 @@ class Classifier:
         refuse_writable_by_others(self.path, "model", ModelError)
         chosen = choose_providers(providers)
 
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), _session_options(intra_op_threads), providers=chosen)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/...
-            raise ModelError(f"{where} cannot be loaded as ONNX ({_first_line(exc)}); "
-                             "pass a model exported by `python -m export`") from None
+        self.session = self._open(intra_op_threads, chosen)
         self.providers = self.session.get_providers()
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_props(props, source=where)
@@ -157,7 +173,6 @@ class Classifier:
                                  f"{eshape}; its metadata says float32 "
                                  f"[batch, {meta.embedding_dim}]")
             self.embedding_name, self.embedding_dim = emb_name, int(meta.embedding_dim)
-        self._fix_symbolic_dims(inp.shape, expected, intra_op_threads, chosen)
         norm = meta.normalization
         self._mean = float(norm["mean"]) if norm else 0.0
         self._std = float(norm["std"]) if norm else 1.0
@@ -179,10 +194,12 @@ class Classifier:
         self._binding, self._output, self._emb_output = self._bind_io()
         self._warned_range = False
 
+        self.frontend = make_frontend(meta)
+        """The front end the model was trained on (tables only; the pipeline streams it)."""
         started = time.perf_counter()
         try:
             scores = self.predict(np.full((meta.frames, meta.features.n_mels),
-                                          make_frontend(meta).floor, dtype=np.float32))
+                                          self.frontend.floor, dtype=np.float32))
         except ModelError:
             raise
         except Exception as exc:
@@ -193,38 +210,38 @@ class Classifier:
                     (time.perf_counter() - started) * 1000)
         del scores
 
-    def _fix_symbolic_dims(self, shape: Sequence[object], expected: Sequence[object],
-                           intra_op_threads: int, providers: Sequence[str]) -> None:
-        """Reopen the session with the input's named symbolic dims fixed to what we feed.
+    def _open(self, intra_op_threads: int, providers: Sequence[str]):
+        """The onnxruntime session, opened once with the input's symbolic dims pinned.
 
         The daemon always runs one window of ``frames`` columns, so a symbolic batch
-        (or frames) dimension can be pinned with onnxruntime's free-dimension
+        (or frames, n_mels) dimension can be fixed with onnxruntime's free-dimension
         override. That lets its optimiser fold the model's shape arithmetic
         (Shape/Gather/Cast/Concat chains that tf2onnx exports for a dynamic batch)
         into constants: same arithmetic on the data, bit-identical scores, fewer
-        nodes per run (the shipped model: 53 -> 32). Falls back to the session as
-        opened if the override is refused.
+        nodes per run (the shipped model: 53 -> 32). The dims' names and the window
+        come from the file itself (:mod:`detector.onnxfile`), so there is one session
+        build, not one to ask and one with the overrides. A session the overrides
+        cannot build is opened as the file is.
         """
-        values: dict[str, int] = {}
-        for dim, want in zip(shape, [1, *expected[1:]]):
-            if isinstance(dim, str) and dim:
-                values[dim] = want if values.get(dim, want) == want else -1
-        values = {name: v for name, v in values.items() if v > 0}
-        if not values:
-            return
         import onnxruntime as ort
 
-        self.session = None  # free the first session before building the second (peak RSS)
+        where = f"model {self.path}"
+        overrides = _symbolic_overrides(self.path)
+        if overrides:
+            try:
+                options = _session_options(intra_op_threads)
+                for name, value in overrides.items():
+                    options.add_free_dimension_override_by_name(name, value)
+                return ort.InferenceSession(str(self.path), options, providers=providers)
+            except Exception as exc:  # open it as the file is, without overrides
+                logger.debug("model %s: symbolic dims not fixed (%s)", self.path.name,
+                             _first_line(exc))
         try:
-            options = _session_options(intra_op_threads)
-            for name, value in values.items():
-                options.add_free_dimension_override_by_name(name, value)
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # open it as before, without overrides
-            logger.debug("model %s: symbolic dims not fixed (%s)", self.path.name,
-                         _first_line(exc))
-            self.session = ort.InferenceSession(str(self.path), _session_options(intra_op_threads),
-                                                providers=providers)
+            return ort.InferenceSession(str(self.path), _session_options(intra_op_threads),
+                                        providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/...
+            raise ModelError(f"{where} cannot be loaded as ONNX ({_first_line(exc)}); "
+                             "pass a model exported by `python -m export`") from None
 
     def _bind_io(self):
         """Pre-bound input and output buffers for :meth:`predict`, or ``(None, None, None)``.

@@ -162,7 +162,8 @@ class Pipeline:
                                             / self.params.hop_length)))
         self.hop_seconds = self.hop_columns * self.params.hop_length / self.params.sample_rate
         self.window_span = self.params.samples_for(self.frames)
-        self.frontend = make_frontend(meta)
+        # the classifier's own front end (built once), else the one its metadata names
+        self.frontend = getattr(classifier, "frontend", None) or make_frontend(meta)
         self.logmel = self.frontend.stream()  # the model's front end, streaming
         # Log-mel columns in a linear buffer: new columns are appended in one copy
         # and a window is a contiguous view of the last ``frames`` rows; when

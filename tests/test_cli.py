@@ -360,3 +360,24 @@ def test_stats_peak_rss_is_never_below_start_or_end(files):
         start, end, peak = map(float, re.search(
             r"RSS ([\d.]+) MB at start, ([\d.]+) MB at end, peak ([\d.]+) MB", line).groups())
         assert peak >= end and peak >= start, line
+
+
+def test_stats_peak_rss_is_the_replays_own_not_its_parents(files):
+    """Linux starts a child's ru_maxrss from its parent's RSS at the fork (and keeps it
+    across exec): a replay started by a 400 MB process reported a peak of 400+ MB. The
+    peak must be the replay's own."""
+    import re
+
+    d, model, tone = files
+    parent = ("import subprocess, sys; held = bytearray(b'\\x01') * (400 << 20); "
+              "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+              "sys.stdout.write(r.stderr); sys.exit(r.returncode)")
+    result = subprocess.run([sys.executable, "-c", parent, sys.executable, "-m", "detector",
+                             "replay", str(tone), "--model", str(model), "--stats"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("stats: "))
+    start, end, peak = map(float, re.search(
+        r"RSS ([\d.]+) MB at start, ([\d.]+) MB at end, peak ([\d.]+) MB", line).groups())
+    assert end <= peak < 300, line
