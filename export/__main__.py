@@ -1,4 +1,4 @@
-"""``python -m export train|crossval|export|evaluate|download|quantize``.
+"""``python -m export train|crossval|export|evaluate|download|quantize|optimize|...``.
 
 ``evaluate``, ``download`` and ``quantize`` live in their own modules
 (:mod:`export.evaluate`, :mod:`export.datasets_download`, :mod:`export.quantize`)
@@ -21,6 +21,8 @@ DELEGATED = {
     "evaluate": ("export.evaluate", "evaluate an ONNX model on a dataset (no TensorFlow needed)"),
     "download": ("export.datasets_download", "download UrbanSound8K / ESC-50 (resumable, checked)"),
     "quantize": ("export.quantize", "static int8 quantization of an ONNX model"),
+    "optimize": ("export.onnx_optimize", "rewrite an ONNX model into fewer fused nodes "
+                 "(same arithmetic, metadata kept)"),
     "false-alarms": ("export.negatives", "false-alarm rate on negative clips through the "
                      "daemon's own event logic"),
     "background-embeddings": ("export.background", "background embeddings of everyday sounds "

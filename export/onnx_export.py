@@ -1,4 +1,8 @@
-"""Keras -> ONNX (tf2onnx, opset 17) with the model-file metadata and a parity check."""
+"""Keras -> ONNX (tf2onnx, opset 17) with the model-file metadata and a parity check.
+
+Every exported graph is rewritten by :func:`export.onnx_optimize.optimize` (Pad and
+BatchNorm folded into Conv, HardSwish, squeeze-excitation as 1x1 Conv: same
+arithmetic, fewer nodes) before it is written and checked against Keras."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 
 from detector.errors import ModelError
 from detector.metadata import ModelMetadata
+from export.onnx_optimize import optimize
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ def export_onnx(model, metadata: ModelMetadata, out_path: str | Path,
     spec = (tf.TensorSpec((None, frames, n_mels, 1), tf.float32, name="logmel"),)
     model.output_names = ["scores"]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    proto = optimize(proto)
     # Name the single output "scores" whatever Keras called it.
     old_name = proto.graph.output[0].name
     if old_name != "scores":
@@ -103,11 +109,12 @@ def time_per_window_ms(onnx_path: str | Path, frames: int, n_mels: int, repeats:
 
 
 def keras_to_onnx(model, input_name: str, output_names, frames: int | None = None,
-                  n_mels: int | None = None):
+                  n_mels: int | None = None, optimized: bool = True):
     """An ONNX ``ModelProto`` of a Keras model with named input and outputs (opset 17).
 
     ``output_names`` follow the order of ``model.outputs``; the input is
     ``[batch, frames, n_mels, 1]`` (``frames=None`` keeps the time axis free).
+    ``optimized`` rewrites the graph with :func:`export.onnx_optimize.optimize`.
     """
     import tensorflow as tf
     import tf2onnx
@@ -126,7 +133,7 @@ def keras_to_onnx(model, input_name: str, output_names, frames: int | None = Non
     for out in proto.graph.output:
         out.name = renames.get(out.name, out.name)
     proto.producer_name = "sound-detector export"
-    return proto
+    return optimize(proto) if optimized else proto
 
 
 def write_onnx(proto, metadata_props: dict[str, str], out_path: str | Path) -> Path:
