@@ -2,10 +2,14 @@
 
 ``python -m export quantize --model M.onnx --calibration DIR --out M.int8.onnx``
 
-* Calibration windows come from real clips in DIR (any folder of
-  WAV/FLAC/OGG files, searched recursively), computed with the daemon's own
-  log-mel code and the model's normalization, so the activation ranges are
-  those the daemon will see.
+* Calibration inputs are *recorded from the daemon's own path*: each real clip in DIR
+  (any folder of WAV/FLAC/OGG files, searched recursively) is laid after a second of
+  quiet room noise and streamed through :class:`detector.pipeline.Pipeline` with the
+  model's own :class:`detector.model.Classifier`, whose session is wrapped so every
+  feed it runs is copied (:class:`FeedRecorder`). So the activation ranges are those
+  the daemon produces: its front end, normalisation, energy gate (quiet windows never
+  reach the model) and, for a model with extra inputs (a streaming model's carried
+  state), the real state values, not zeros.
 * onnxruntime static quantization, QDQ format, per-channel weights, uint8
   activations / int8 weights (the fast U8S8 path on x86 and ARM).
 * Only ``Conv``, ``MatMul`` and ``Gemm`` are quantized by default. onnxruntime
@@ -38,12 +42,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
 
-def calibration_windows(scorer, calibration_dir: str | Path, max_clips: int = 200,
-                        windows_per_clip: int = 4, seed: int = 0,
-                        progress: bool = True) -> np.ndarray:
-    """``[n, frames, n_mels]`` log-mel windows from real clips (seeded sample)."""
-    from export.audio import load_audio
-
+def audio_files(calibration_dir: str | Path, max_clips: int, seed: int = 0) -> list[Path]:
+    """Up to ``max_clips`` real recordings under ``calibration_dir`` (seeded sample)."""
     root = Path(calibration_dir)
     if not root.is_dir():
         raise ConfigError(f"--calibration {root} is not a directory")
@@ -54,6 +54,68 @@ def calibration_windows(scorer, calibration_dir: str | Path, max_clips: int = 20
     rng = np.random.default_rng(seed)
     if len(files) > max_clips:
         files = [files[i] for i in sorted(rng.choice(len(files), max_clips, replace=False))]
+    return files
+
+
+class FeedRecorder:
+    """Stands in for a :class:`~detector.model.Classifier`'s onnxruntime session and keeps
+    a copy of every feed (all inputs by name) the classifier runs, then runs it."""
+
+    def __init__(self, session):
+        self._session = session
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def run(self, output_names, feed, *args, **kwargs):
+        self.feeds.append({name: np.array(value, copy=True) for name, value in feed.items()})
+        return self._session.run(output_names, feed, *args, **kwargs)
+
+    def run_with_iobinding(self, *args, **kwargs):
+        raise ModelError("FeedRecorder sees only session.run feeds; the classifier's IO "
+                         "binding must be off while recording")
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+class _ArraySource:
+    """An in-memory audio source for :class:`~detector.pipeline.Pipeline` (blocks of a
+    fixed size, then ``EOFError``), the same interface as the daemon's file replay."""
+
+    def __init__(self, audio: np.ndarray, sample_rate: int, block: int):
+        self.audio, self.sample_rate, self.block, self.pos = audio, sample_rate, block, 0
+        self.overflows = self.queue_depth = 0
+
+    def start(self):
+        self.pos = 0
+
+    def stop(self):
+        pass
+
+    def read(self, timeout: float = 0.5):
+        if self.pos >= len(self.audio):
+            raise EOFError
+        out = self.audio[self.pos:self.pos + self.block]
+        self.pos += self.block
+        return out
+
+
+def record_feeds(classifier, files, windows_per_clip: int = 4, seed: int = 0,
+                 progress: bool = True, lead_seconds: float = 1.0) -> list[dict]:
+    """Model feeds recorded from the daemon's path on real clips: each clip, after
+    ``lead_seconds`` of quiet room noise, streamed through ``Pipeline`` with
+    ``classifier`` (a :class:`~detector.model.Classifier`, or anything with ``metadata``,
+    ``predict(window)`` and an onnxruntime ``session`` it runs, e.g. one that carries a
+    streaming model's state); up to ``windows_per_clip`` of each clip's feeds kept
+    (seeded). Any state the classifier carries runs on from clip to clip, as in the daemon."""
+    from detector.config import config_from_dict
+    from detector.pipeline import Pipeline
+    from export.audio import load_audio
+
+    config = config_from_dict({"model": {"intra_op_threads": 1},
+                               "output": {"stdout_json": False, "log_level": "warning"}})
+    rate = classifier.metadata.features.sample_rate
+    block = max(1, int(round(config.audio.block_seconds * rate)))
+    rng = np.random.default_rng(seed)
     iterator = files
     if progress:
         try:
@@ -62,81 +124,109 @@ def calibration_windows(scorer, calibration_dir: str | Path, max_clips: int = 20
                             disable=None)
         except ImportError:
             pass
-    hop = scorer.hop_frames()
-    chosen = []
-    for path in iterator:
-        windows = scorer.windows(load_audio(path, scorer.meta.features.sample_rate), hop)
-        take = min(windows_per_clip, windows.shape[0])
-        chosen.append(windows[np.sort(rng.choice(windows.shape[0], take, replace=False))])
-    return np.concatenate(chosen)
+    recorder = FeedRecorder(classifier.session)
+    binding = getattr(classifier, "_binding", None)
+    chosen: list[dict] = []
+    try:
+        classifier.session = recorder
+        if binding is not None:
+            classifier._binding = None  # the plain session.run path: the same feed, visible
+        for path in iterator:
+            audio = load_audio(path, rate)
+            lead = (10 ** (-60 / 20) * rng.standard_normal(int(lead_seconds * rate)))
+            source = _ArraySource(np.concatenate([lead.astype(np.float32), audio]), rate, block)
+            pipeline = Pipeline(config, source, classifier, [], live=False, node="calibration")
+            pipeline.run()
+            if pipeline.error is not None:
+                raise pipeline.error
+            feeds, recorder.feeds = recorder.feeds, []
+            take = min(windows_per_clip, len(feeds))
+            chosen += [feeds[i] for i in np.sort(rng.choice(len(feeds), take, replace=False))]
+    finally:
+        classifier.session = recorder._session
+        if binding is not None:
+            classifier._binding = binding
+    if not chosen:
+        raise ConfigError("no calibration window reached the model (every clip was below "
+                          "the energy gate); pass louder real recordings")
+    return chosen
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over prepared windows (batches of 16)."""
+    """onnxruntime CalibrationDataReader over recorded feeds."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int):
-        self.input_name = input_name
-        self.batches = [x[i:i + batch] for i in range(0, x.shape[0], batch)]
+    def __init__(self, feeds: list[dict]):
+        self.feeds = feeds
         self.pos = 0
 
     def get_next(self):
-        if self.pos >= len(self.batches):
+        if self.pos >= len(self.feeds):
             return None
         self.pos += 1
-        return {self.input_name: self.batches[self.pos - 1]}
+        return self.feeds[self.pos - 1]
 
     def rewind(self):
         self.pos = 0
 
 
-def _model_input(scorer, windows: np.ndarray) -> np.ndarray:
-    return ((windows - scorer._mean) / scorer._std).astype(np.float32)[..., None]
-
-
-def latency_ms(paths, x: np.ndarray, runs: int = 200) -> list[dict]:
-    """Per-window latency of each model, one thread, batch 1: median and p95 in ms.
-
-    The models are timed interleaved (run i of every model back to back), so
-    load from other processes hits them alike and the comparison stays fair.
-    """
+def _session(path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                for p in paths]
-    names = [s.get_inputs()[0].name for s in sessions]
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def latency_ms(paths, feeds: list[dict], runs: int = 200) -> list[dict]:
+    """Per-window latency of each model, one thread, batch 1: median and p95 in ms.
+
+    The models are timed interleaved (run i of every model back to back), so
+    load from other processes hits them alike and the comparison stays fair.
+    """
+    sessions = [_session(p) for p in paths]
     for i in range(10):  # warm-up
-        for session, name in zip(sessions, names):
-            session.run(None, {name: x[i % len(x)][None]})
+        for session in sessions:
+            session.run(None, feeds[i % len(feeds)])
     times = [[] for _ in sessions]
     for i in range(runs):
-        for k, (session, name) in enumerate(zip(sessions, names)):
+        for k, session in enumerate(sessions):
             t0 = time.perf_counter()
-            session.run(None, {name: x[i % len(x)][None]})
+            session.run(None, feeds[i % len(feeds)])
             times[k].append((time.perf_counter() - t0) * 1e3)
     return [{"median": float(np.median(t)), "p95": float(np.percentile(t, 95)), "runs": runs}
             for t in times]
 
 
+def output_scores(path, feeds: list[dict], output: str) -> np.ndarray:
+    """``output`` of the model at ``path`` for each feed, stacked ``[n, ...]``."""
+    session = _session(path)
+    return np.concatenate([session.run([output], feed)[0] for feed in feeds])
+
+
 def quantize_model(model_path: str | Path, calibration_dir: str | Path, out_path: str | Path,
                    *, op_types=DEFAULT_OP_TYPES, per_channel: bool = True,
                    max_clips: int = 200, windows_per_clip: int = 4, seed: int = 0,
-                   latency_runs: int = 200, progress: bool = True) -> dict:
-    """Write the int8 model to ``out_path``; return the comparison report."""
+                   latency_runs: int = 200, progress: bool = True, classifier=None) -> dict:
+    """Write the int8 model to ``out_path``; return the comparison report.
+
+    Calibration feeds are recorded through ``classifier`` (default: the daemon's
+    :class:`~detector.model.Classifier` of ``model_path``), see :func:`record_feeds`."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from export.evaluate import OnnxScorer
-
     model_path, out_path = Path(model_path), Path(out_path)
-    scorer = OnnxScorer(model_path)
-    windows = calibration_windows(scorer, calibration_dir, max_clips, windows_per_clip, seed,
-                                  progress)
-    x = _model_input(scorer, windows)
-    logger.info("calibrating on %d windows", x.shape[0])
+    files = audio_files(calibration_dir, max_clips, seed)
+    if classifier is None:
+        from detector.model import Classifier
+
+        classifier = Classifier(model_path, ("CPUExecutionProvider",), 1)
+    score_output = getattr(classifier, "output_name", None) or \
+        classifier.session.get_outputs()[0].name
+    feeds = record_feeds(classifier, files, windows_per_clip, seed, progress)
+    logger.info("calibrating on %d feeds recorded from %d clips", len(feeds), len(files))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -148,7 +238,7 @@ def quantize_model(model_path: str | Path, calibration_dir: str | Path, out_path
                            "as exported", str(exc).splitlines()[0] if str(exc) else exc)
             source = model_path
         try:
-            quantize_static(str(source), str(out_path), _Reader(scorer.input_name, x, 16),
+            quantize_static(str(source), str(out_path), _Reader(feeds),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8)
@@ -165,27 +255,28 @@ def quantize_model(model_path: str | Path, calibration_dir: str | Path, out_path
     props["quantization"] = json.dumps({
         "method": "onnxruntime static, QDQ, uint8 activations, int8 weights",
         "per_channel": per_channel, "op_types": list(op_types),
-        "float_ops": left_float, "calibration_windows": int(x.shape[0])})
+        "float_ops": left_float, "calibration_windows": len(feeds),
+        "calibration": "feeds recorded from the daemon's pipeline on real clips"})
     del quantized.metadata_props[:]
     onnx.helper.set_model_props(quantized, props)
     onnx.save(quantized, str(out_path))
 
-    int8 = OnnxScorer(out_path)
-    fp_scores, q_scores = scorer.scores(windows), int8.scores(windows)
+    fp_scores = output_scores(model_path, feeds, score_output)
+    q_scores = output_scores(out_path, feeds, score_output)
     quantized_nodes = sum(1 for n in quantized.graph.node if n.op_type == "DequantizeLinear")
     report = {
         "model": str(model_path), "out": str(out_path),
         "bytes_fp32": model_path.stat().st_size, "bytes_int8": out_path.stat().st_size,
         "op_types": list(op_types), "float_ops_kept": left_float,
         "dequantize_nodes": quantized_nodes,
-        "calibration_windows": int(x.shape[0]),
+        "calibration_windows": len(feeds),
         "score_max_abs_diff": float(np.max(np.abs(fp_scores - q_scores))),
         "score_mean_abs_diff": float(np.mean(np.abs(fp_scores - q_scores))),
         "window_top1_agreement": float(np.mean(fp_scores.argmax(1) == q_scores.argmax(1))),
     }
     if latency_runs:
         report["latency_ms_fp32"], report["latency_ms_int8"] = latency_ms(
-            [model_path, out_path], x, latency_runs)
+            [model_path, out_path], feeds, latency_runs)
     return report
 
 

@@ -150,3 +150,109 @@ def test_empty_calibration_folder_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(ConfigError, match="not a directory"):
         qz.quantize_model(model, tmp_path / "missing", tmp_path / "y.onnx", progress=False)
+
+
+# --- calibration recorded from the daemon's path -----------------------------------------
+
+def make_stateful(path: Path, seed: int = 0) -> Path:
+    """A streaming-style model: features and a carried state in, scores and the new state
+    out (``state_out = 0.5 * state_in + pooled conv``), like a model whose recurrent
+    state is carried between hops."""
+    rng = np.random.default_rng(seed)
+    meta = ModelMetadata(labels=LABELS, features=FeatureParams(), window_seconds=0.5,
+                         model_version="stateful-test", trained_on="random weights",
+                         license_note="test, MIT", normalization={"mean": -50.0, "std": 20.0},
+                         thresholds={}, background_labels=())
+    frames, mels, ch, k = meta.frames, 64, 8, len(LABELS)
+    init = [numpy_helper.from_array(rng.normal(0, 0.3, (ch, 1, 3, 3)).astype(np.float32), "conv_w"),
+            numpy_helper.from_array(rng.normal(0, 0.1, ch).astype(np.float32), "conv_b"),
+            numpy_helper.from_array(np.array([0.5], np.float32), "decay"),
+            numpy_helper.from_array(rng.normal(0, 0.5, (ch, k)).astype(np.float32), "dense_w")]
+    nodes = [helper.make_node("Transpose", ["features"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["relu"]),
+             helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+             helper.make_node("Flatten", ["pool"], ["flat"]),
+             helper.make_node("Mul", ["state_in", "decay"], ["kept"]),
+             helper.make_node("Add", ["kept", "flat"], ["state_out"]),
+             helper.make_node("MatMul", ["state_out", "dense_w"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["scores"])]
+    graph = helper.make_graph(
+        nodes, "stateful",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, frames, mels, 1]),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [1, ch])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, k]),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1, ch])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, meta.to_props())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+class StatefulClassifier:
+    """What a streaming classifier does per hop: run the window with the state the last
+    run returned (the interface Pipeline needs: metadata, predict; plus its session)."""
+
+    def __init__(self, path: Path):
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.metadata = ModelMetadata.from_props(
+            self.session.get_modelmeta().custom_metadata_map)
+        self.output_name = "scores"
+        self.state = np.zeros((1, 8), np.float32)
+
+    def predict(self, window):
+        x = ((window - (-50.0)) / 20.0).astype(np.float32)[None, :, :, None]
+        scores, self.state = self.session.run(["scores", "state_out"],
+                                              {"features": x, "state_in": self.state})
+        return scores[0]
+
+
+def test_feeds_are_recorded_from_the_pipeline_with_real_state(tmp_path, calibration):
+    model = make_stateful(tmp_path / "stateful.onnx")
+    clf = StatefulClassifier(model)
+    files = qz.audio_files(calibration, max_clips=10)
+    feeds = qz.record_feeds(clf, files, windows_per_clip=100, progress=False)
+    assert len(feeds) > 6 * 4
+    assert all(set(f) == {"features", "state_in"} for f in feeds)
+    states = np.concatenate([f["state_in"] for f in feeds])
+    assert np.count_nonzero(np.abs(states).sum(axis=1)) >= len(feeds) - 1  # carried, not zeros
+    assert not np.allclose(states[1:], states[:-1])                       # and it moves
+    assert clf.session.__class__.__name__ == "InferenceSession"  # the recorder is taken out
+
+
+def test_stateful_model_quantizes_with_its_state_input(tmp_path, calibration):
+    model = make_stateful(tmp_path / "stateful.onnx")
+    out = tmp_path / "stateful.int8.onnx"
+    report = qz.quantize_model(model, calibration, out, latency_runs=10, progress=False,
+                               classifier=StatefulClassifier(model))
+    q = onnx.load(str(out))
+    assert [i.name for i in q.graph.input] == ["features", "state_in"]
+    assert [o.name for o in q.graph.output] == ["scores", "state_out"]
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    assert report["calibration_windows"] == 6 * 4
+    assert report["score_max_abs_diff"] < 0.05 and report["window_top1_agreement"] > 0.8
+    # the int8 model runs in the stateful classifier like the float one
+    clf = StatefulClassifier(out)
+    scores = clf.predict(np.full((clf.metadata.frames, 64), -40.0, np.float32))
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_calibration_through_the_daemon_classifier_matches_its_windows(tmp_path, calibration):
+    """With the daemon's own Classifier, each recorded feed is a window the model saw."""
+    from detector.model import Classifier
+
+    model = make_crnn(tmp_path / "crnn.onnx")
+    clf = Classifier(model)
+    files = qz.audio_files(calibration, max_clips=2)
+    feeds = qz.record_feeds(clf, files, windows_per_clip=3, progress=False)
+    assert len(feeds) == 2 * 3 and all(list(f) == [clf.input_name] for f in feeds)
+    for feed in feeds:
+        assert feed[clf.input_name].shape == (1, clf.metadata.frames, 64, 1)
+    assert clf.session.__class__.__name__ == "InferenceSession"
+    assert clf._binding is not None  # IO binding restored after recording
+    window = np.full((clf.metadata.frames, 64), -45.0, np.float32)
+    x = ((window + 50.0) / 20.0)[None, :, :, None].astype(np.float32)
+    want = clf.session.run([clf.output_name], {clf.input_name: x})[0][0]
+    assert np.allclose(clf.predict(window), want)
