@@ -184,7 +184,12 @@ class EventTracker:
     def update(self, scores: Sequence[float] | np.ndarray | Mapping[str, float],
                level_dbfs: float, now: float) -> list[dict]:
         """Feed one window's raw scores; return the events it decides (often none)."""
-        if isinstance(scores, Mapping):
+        if isinstance(scores, np.ndarray):  # the pipeline's case; exactly float(x) each
+            raw = (scores.tolist() if scores.ndim == 1 and scores.dtype.kind == "f"
+                   else [float(x) for x in scores])
+            if len(raw) != len(self.labels):
+                raise ValueError(f"{len(raw)} scores for {len(self.labels)} labels")
+        elif isinstance(scores, Mapping):
             raw = [float(scores.get(label, 0.0)) for label in self.labels]
         else:
             raw = [float(x) for x in scores]

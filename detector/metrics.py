@@ -13,7 +13,6 @@ import logging
 import math
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Mapping, Sequence
 
 from .errors import ConfigError
@@ -224,6 +223,9 @@ class MetricsSink(Sink):
     """Counts windows, timings and events; serves ``/metrics`` on host:port."""
 
     def __init__(self, settings, registry: Registry | None = None):
+        # the HTTP server only when metrics are served (MQTT imports this module too)
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         self.registry = registry or REGISTRY
         self.settings = settings
         registry_ = self.registry

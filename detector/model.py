@@ -181,6 +181,7 @@ class Classifier:
         self._window_shape = (meta.frames, meta.features.n_mels)
         self._n_labels = len(meta.labels)
         self._normalize = self._std != 1.0 or self._mean != 0.0
+        self._input_window = self._input[0, :, :, 0]  # a [frames, n_mels] view of the input
         self._output_names = [self.output_name] + ([self.embedding_name]
                                                    if self.embedding_name else [])
         self._feed = {self.input_name: self._input}
@@ -304,7 +305,12 @@ class Classifier:
         is left in :attr:`embedding`."""
         if window.shape != self._window_shape:
             raise ValueError(f"window shape {window.shape} != {self._window_shape}")
-        if self._normalize:
+        if self._normalize and window.dtype == np.float32:
+            # the same float32 operations as the expression below, without temporaries
+            dst = self._input_window
+            np.subtract(window, self._mean, out=dst)
+            np.divide(dst, self._std, out=dst)
+        elif self._normalize:
             self._input[0, :, :, 0] = (window - self._mean) / self._std
         else:
             self._input[0, :, :, 0] = window

@@ -23,7 +23,6 @@ or a bounded list in memory), where it is kept and counted, and the queue flows 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -178,7 +177,10 @@ class SqliteOutbox(Outbox):
     """On-disk outbox in one SQLite file; survives daemon restarts and crashes."""
 
     def __init__(self, path: str | Path, max_messages: int):
+        import sqlite3  # only for an on-disk queue (a replay or memory queue never loads it)
+
         super().__init__(max_messages)
+        self._sqlite_error = sqlite3.Error
         self.path = Path(path).expanduser()
         try:
             private_dir(self.path.parent)
@@ -259,7 +261,7 @@ class SqliteOutbox(Outbox):
         with self._cond:
             try:
                 self._db.close()
-            except sqlite3.Error:  # pragma: no cover - closing twice / disk gone
+            except self._sqlite_error:  # pragma: no cover - closing twice / disk gone
                 logger.exception("closing MQTT outbox %s", self.path)
 
 

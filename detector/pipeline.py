@@ -72,23 +72,29 @@ class _SampleRing:
 
     def __init__(self, keep: int, capacity: int):
         self.keep = keep
-        self.buf = np.zeros(max(capacity, 2 * keep), dtype=np.float32)
+        # float64: each sample converted once on the way in (exactly), not per window
+        self.buf = np.zeros(max(capacity, 2 * keep), dtype=np.float64)
         self.total = 0
 
-    def write(self, block: np.ndarray) -> None:
+    def write(self, block: np.ndarray) -> np.ndarray | None:
+        """Append ``block``; returns its float64 copy in the ring when it was written in
+        one piece (a view, valid until the next write), else None."""
         n = block.shape[0]
         cap = self.buf.shape[0]
         if n + self.keep > cap:
             held = min(self.total, cap)
             old = self.buf[np.arange(self.total - held, self.total) % cap]
             cap = 2 * (n + self.keep)
-            self.buf = np.zeros(cap, dtype=np.float32)
+            self.buf = np.zeros(cap, dtype=np.float64)
             self.buf[np.arange(self.total - held, self.total) % cap] = old
         start = self.total % cap
         first = min(n, cap - start)
         self.buf[start:start + first] = block[:first]
-        self.buf[:n - first] = block[first:]
         self.total += n
+        if first == n:
+            return self.buf[start:start + n]
+        self.buf[:n - first] = block[first:]
+        return None
 
     def sum_squares(self, start: int, end: int) -> tuple[float, int]:
         """Sum of squares of absolute samples [start, end) that are still held."""
@@ -100,20 +106,39 @@ class _SampleRing:
         parts = (self.buf[a:b],) if a < b else (self.buf[a:], self.buf[:b])
         total = 0.0
         for part in parts:
-            part = part.astype(np.float64)
             total += float(np.dot(part, part))
         return total, end - start
 
 
 class SinkSet:
-    """Calls every sink in order; a sink that raises is logged and skipped, never fatal."""
+    """Calls every sink in order; a sink that raises is logged and skipped, never fatal.
+
+    A sink that inherits a hook unchanged from :class:`Sink` (a no-op) is not called
+    for it: the pipeline calls ``audio`` per block and ``window`` per window, and most
+    sinks override neither (:meth:`wants` tells the caller whether to build the args).
+    """
 
     def __init__(self, sinks: Iterable[Sink]):
         self.sinks = list(sinks)
         self._failures: dict[tuple[int, str], int] = {}
+        self._hooks: dict[str, list[tuple[int, Sink]]] = {}
+
+    def _receivers(self, method: str) -> list[tuple[int, Sink]]:
+        found = self._hooks.get(method)
+        if found is None:
+            base = getattr(Sink, method, None)
+            found = [(i, sink) for i, sink in enumerate(self.sinks)
+                     if base is None or method in vars(sink)
+                     or getattr(type(sink), method, None) is not base]
+            self._hooks[method] = found
+        return found
+
+    def wants(self, method: str) -> bool:
+        """Whether any sink does something in ``method`` (more than the base no-op)."""
+        return bool(self._receivers(method))
 
     def call(self, method: str, *args) -> None:
-        for i, sink in enumerate(self.sinks):
+        for i, sink in self._receivers(method):
             try:
                 getattr(sink, method)(*args)
             except Exception:
@@ -307,6 +332,8 @@ class Pipeline:
         return self._anchor + self.samples_in / self.params.sample_rate
 
     def _drain_controls(self) -> None:
+        if self._statuses.empty() and self._controls.empty():  # nearly always: no raise
+            return
         while True:
             try:
                 status = self._statuses.get_nowait()
@@ -371,8 +398,9 @@ class Pipeline:
                 self._anchor += drift
         block_end = self._clock_now()
         self.sinks.call("audio", block, block_end)
-        self._ring.write(block)
-        block64 = block.astype(np.float64)
+        block64 = self._ring.write(block)
+        if block64 is None:  # wrapped around the ring's end
+            block64 = block.astype(np.float64)
         self._level_sum += float(np.dot(block64, block64))
         self._level_count += block.shape[0]
         if self._next_level is None:
@@ -472,12 +500,13 @@ class Pipeline:
                 self.embedding_rows.append(embedding.copy())
         for event in events:
             self._emit(event)
-        timing = {"features_ms": self._features_s * 1000.0, "inference_ms": inference_ms,
-                  "model_skipped": 1.0 if skipped else 0.0,
-                  "queue_depth": float(self.source.queue_depth),
-                  "overflows": float(self.source.overflows)}
+        if self.sinks.wants("window"):
+            timing = {"features_ms": self._features_s * 1000.0, "inference_ms": inference_ms,
+                      "model_skipped": 1.0 if skipped else 0.0,
+                      "queue_depth": float(self.source.queue_depth),
+                      "overflows": float(self.source.overflows)}
+            self.sinks.call("window", dict(self.tracker.smoothed), level, now, timing)
         self._features_s = 0.0
-        self.sinks.call("window", dict(self.tracker.smoothed), level, now, timing)
 
     def _offset_of(self, event: dict) -> float:
         """Seconds from the stream's first sample to the event's onset window."""

@@ -239,3 +239,27 @@ def test_event_stream_invariants(rows, smoothing, min_dur, cooldown, gate, on, r
     assert all(e["label"] != "background" for e in events)
     assert len({(e["id"], e["type"]) for e in events}) == len(events)
     assert len({e["id"] for e in events}) == len(events) // 2 + len(events) % 2
+
+
+def test_float32_arrays_decide_exactly_like_python_floats():
+    """The pipeline feeds float32 arrays (converted in one ``tolist``); a list of the same
+    values as Python floats must give the same smoothed scores and events."""
+    import numpy as np
+
+    labels = ("siren", "dog_bark", "background")
+    rng = np.random.default_rng(7)
+    rows = rng.random((400, 3)).astype(np.float32)
+    rows[100:140, 0] = 0.97
+    cfg = EventsConfig(smoothing_windows=3, min_duration_seconds=0.5)
+    a = EventTracker(labels, cfg, background_labels=("background",))
+    b = EventTracker(labels, cfg, background_labels=("background",))
+    for i, row in enumerate(rows):
+        level = -20.0 if i % 50 else -90.0
+        ea = a.update(row, level, i * 0.25)
+        eb = b.update([float(x) for x in row], level, i * 0.25)
+        assert a.smoothed == b.smoothed
+        assert all(type(v) is float for v in a.smoothed.values())
+        assert [{k: v for k, v in e.items() if k != "id"} for e in ea] == \
+            [{k: v for k, v in e.items() if k != "id"} for e in eb]
+    with pytest.raises(ValueError):
+        a.update(np.zeros(2, dtype=np.float32), -20.0, 1000.0)

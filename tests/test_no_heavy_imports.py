@@ -60,3 +60,26 @@ def test_runtime_imports_and_replay_without_heavy_packages(tmp_path):
     for name in ("config", "model", "events", "pipeline", "cli", "stdout_sink", "features",
                  "metadata", "capture"):
         assert name in RUNTIME_MODULES
+
+
+def test_a_replay_loads_only_what_it_uses(tmp_path):
+    """Startup CPU: a replay without MQTT never imports paho (nor ssl through it), and
+    the MQTT sink's module with its in-memory queue loads neither sqlite3 nor an HTTP
+    server (paho itself brings http.client)."""
+    model = make_band_model(tmp_path / "tiny.onnx")
+    tone = write_tone_wav(tmp_path / "tone.wav", [(1.0, 2.5, 1000.0)], seconds=4.0)
+    script = ("import json, sys; from detector.cli import main; code = main(sys.argv[2:]); "
+              "sys.argv[1] == 'mqtt' and __import__('detector.mqtt'); "
+              "print(json.dumps(sorted(sys.modules))); sys.exit(code)")
+    config = tmp_path / "c.toml"
+    config.write_text("[mqtt]\nenabled = false\n")
+    for mode, banned in (("plain", {"paho", "ssl", "sqlite3", "http.server", "onnx", "scipy"}),
+                         ("mqtt", {"sqlite3", "http.server", "onnx", "scipy"})):
+        result = subprocess.run([sys.executable, "-c", script, mode, "replay", str(tone),
+                                 "--model", str(model), "--config", str(config)],
+                                capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+        loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
+        assert "detector.mqtt" in loaded or mode == "plain"
+        found = {m for m in loaded if m in banned or m.split(".")[0] in banned}
+        assert not found, (mode, sorted(found))

@@ -404,3 +404,79 @@ def test_scores_view_top_k(tty):
     assert "dog_bark 0.90  car_horn 0.50" in text and "siren" not in text
     assert "background" not in text and "-23.0 dBFS" in text and "[1.5 ms]" in text
     assert text.startswith("\r\x1b[2K") if tty else text.endswith("\n")
+
+
+def test_sample_ring_returns_the_block_it_wrote_in_one_piece():
+    from detector.pipeline import _SampleRing
+
+    rng = np.random.default_rng(5)
+    ring = _SampleRing(keep=1000, capacity=3000)
+    for size in (800, 800, 800, 800, 2500, 1):
+        block = rng.standard_normal(size).astype(np.float32)
+        start = ring.total % ring.buf.shape[0]
+        wrapped = start + size > ring.buf.shape[0] or size + ring.keep > ring.buf.shape[0]
+        view = ring.write(block)
+        if view is None:
+            assert wrapped
+        else:
+            assert view.dtype == np.float64 and np.array_equal(view, block.astype(np.float64))
+    assert any(ring.write(np.zeros(800, np.float32)) is None for _ in range(4))  # wraps
+
+
+def reference_levels(signal, pipe):
+    """Each window's level as the float32 ring of the previous code computed it."""
+    from detector.pipeline import dbfs
+
+    out = []
+    span, rate = pipe.window_span, pipe.params.sample_rate
+    for t in pipe.score_times:
+        end = int(round(t * rate))
+        part = signal[max(0, end - span):end].astype(np.float64)
+        out.append(dbfs(float(np.dot(part, part)), end - max(0, end - span)))
+    return out
+
+
+@pytest.mark.parametrize("block", [160, 800, 4096])
+def test_window_levels_and_level_messages_are_exact(classifier, block):
+    """The ring holds float64 samples and the block's level reuses the ring's copy:
+    every window's level equals the plain float64 sum over its samples, and the Leq
+    messages equal a sum over the same blocks."""
+    signal = tone_signal(SEGMENTS, SECONDS, SR)
+    pipe, (sink,) = run(classifier, ArraySource(signal, block=block), record_scores=True)
+    assert pipe.level_rows == reference_levels(signal.astype(np.float32), pipe)
+    blocks = [signal[i:i + block].astype(np.float32).astype(np.float64)
+              for i in range(0, len(signal), block)]
+    first_leq = sink.levels[0][1]
+    n_first = int(np.ceil(SR * 1.0 / block))  # blocks up to the first 1 s interval
+    total = sum(float(np.dot(b, b)) for b in blocks[:n_first])
+    assert first_leq == dbfs(total, sum(len(b) for b in blocks[:n_first]))
+
+
+def test_sinks_are_called_only_for_the_hooks_they_override(classifier):
+    class Counting(Sink):
+        def __init__(self):
+            self.audio_calls = 0
+
+        def audio(self, block, now):
+            self.audio_calls += 1
+
+    class DuckTyped:  # not a Sink subclass: every hook is called
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return lambda *args: self.calls.append(name)
+
+    plain, counting, duck, collector = Sink(), Counting(), DuckTyped(), Collector()
+    signal = tone_signal(SEGMENTS, SECONDS, SR)
+    pipe, _ = run(classifier, ArraySource(signal, block=800),
+                  sinks=[plain, counting, duck, collector])
+    assert counting.audio_calls == len(range(0, len(signal), 800))
+    assert duck.calls.count("audio") == counting.audio_calls
+    assert duck.calls.count("window") == len(collector.windows) == pipe.windows
+    assert [n for n, _ in pipe.sinks._receivers("window")] == [2, 3]
+    assert pipe.sinks.wants("labels_enabled")  # the duck takes everything
+    only_plain = Pipeline(config(), ArraySource(signal), classifier, [Sink()])
+    assert not only_plain.sinks.wants("window") and not only_plain.sinks.wants("audio")
+    only_plain.run()
+    assert only_plain.windows > 0
