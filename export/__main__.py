@@ -29,6 +29,8 @@ DELEGATED = {
                               "for custom labels (detector/models/background-<version>.npz)"),
     "pretrained": ("export.pretrained_cli", "the shipped recipe: AudioSet-pretrained mn04 trunk "
                    "+ recurrent head, cross-validation by fold and kind groups, final model"),
+    "streaming": ("export.streaming_cli", "the streaming recipe: mn04 trunk on 0.25 s chunks + "
+                  "an LSTM that carries its state; rotations, final step model"),
     "card": ("export.card", "the model card of a pretrained-recipe model, from its measurements"),
     "stream-eval": ("export.stream_eval", "held-out clips in one long stream through the "
                     "daemon's pipeline: event recall, wrong labels, delay, false alarms per hour"),

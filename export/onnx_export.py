@@ -126,6 +126,26 @@ def keras_to_onnx(model, input_name: str, output_names, frames: int | None = Non
     if len(outputs) != len(output_names):
         raise ModelError(f"model has {len(outputs)} outputs, {len(output_names)} names given")
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    return _rename_outputs(proto, output_names)
+
+
+def keras_to_onnx_inputs(model, inputs, output_names):
+    """An ONNX ``ModelProto`` of a Keras model with several named, fixed-shape inputs.
+
+    ``inputs`` is ``[(name, shape), ...]`` in the order of ``model.inputs``;
+    ``output_names`` follow ``model.outputs`` (a step model with state inputs).
+    """
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = tuple(tf.TensorSpec(shape, tf.float32, name=name) for name, shape in inputs)
+    if len(model.outputs) != len(output_names):
+        raise ModelError(f"model has {len(model.outputs)} outputs, {len(output_names)} names given")
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    return _rename_outputs(proto, output_names)
+
+
+def _rename_outputs(proto, output_names):
     renames = {out.name: new for out, new in zip(proto.graph.output, output_names)}
     for node in proto.graph.node:
         node.input[:] = [renames.get(i, i) for i in node.input]
