@@ -22,7 +22,8 @@ REQUIRED_KEYS = (
     "model_version", "trained_on", "license_note",
 )
 OPTIONAL_KEYS = ("input_layout", "thresholds", "background_labels", "window_hop_seconds",
-                 "feature_params", "embedding_output", "embedding_dim")
+                 "feature_params", "embedding_output", "embedding_dim",
+                 "stream_chunk_frames", "state_inputs", "state_outputs")
 SUPPORTED_FEATURES = FEATURE_KINDS
 SUPPORTED_LAYOUTS = ("NTMC",)  # [batch, frames, n_mels, 1]
 MAX_LABELS = 4096
@@ -136,6 +137,15 @@ class ModelMetadata:
     (what custom labels learn on), or None when the model has none."""
     embedding_dim: int | None = None
     """Width of the embedding output (required with ``embedding_output``)."""
+    stream_chunk_frames: int | None = None
+    """A *streaming* model (:mod:`detector.streaming`): its ``features`` input takes only
+    the newest ``stream_chunk_frames`` columns, once per hop (the hop is the chunk), and
+    the model carries a state from hop to hop. None: a whole-window model."""
+    state_inputs: tuple[str, ...] = ()
+    """Streaming models: the state inputs, fed zeros at the start of a stream and then
+    the matching :attr:`state_outputs` of the previous hop."""
+    state_outputs: tuple[str, ...] = ()
+    """Streaming models: the state outputs, pairwise with :attr:`state_inputs`."""
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):
@@ -206,6 +216,36 @@ class ModelMetadata:
                 raise ModelError(f"model embedding_dim={self.embedding_dim!r} must be an "
                                  "integer in 1..65536")
 
+        self._check_stream()
+
+    def _check_stream(self) -> None:
+        chunk = self.stream_chunk_frames
+        if chunk is None:
+            if self.state_inputs or self.state_outputs:
+                raise ModelError("model metadata state_inputs/state_outputs are only defined "
+                                 "for a streaming model (stream_chunk_frames)")
+            return
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= self.frames:
+            raise ModelError(f"model stream_chunk_frames={_short(chunk)} must be an integer in "
+                             f"1..{self.frames} (the window's frames)")
+        hop = chunk * self.features.hop_length / self.features.sample_rate
+        if not math.isclose(self.window_hop_seconds, hop, rel_tol=0, abs_tol=1e-6):
+            raise ModelError(f"model window_hop_seconds={self.window_hop_seconds} must equal "
+                             f"its chunk of {chunk} frames ({hop:g} s): a streaming model "
+                             "steps once per chunk")
+        ins, outs = tuple(self.state_inputs), tuple(self.state_outputs)
+        if not ins or len(ins) != len(outs):
+            raise ModelError(f"model state_inputs {list(ins)} and state_outputs {list(outs)} "
+                             "must be non-empty lists of the same length")
+        names = (*ins, *outs)
+        if len(set(names)) != len(names) or self.embedding_output in names:
+            raise ModelError(f"model state names {list(names)} must be unique and differ from "
+                             "the embedding output")
+
+    @property
+    def is_streaming(self) -> bool:
+        return self.stream_chunk_frames is not None
+
     @property
     def window_samples(self) -> int:
         return int(round(self.window_seconds * self.features.sample_rate))
@@ -241,6 +281,10 @@ class ModelMetadata:
         if self.embedding_output is not None:
             values["embedding_output"] = self.embedding_output
             values["embedding_dim"] = self.embedding_dim
+        if self.stream_chunk_frames is not None:
+            values["stream_chunk_frames"] = self.stream_chunk_frames
+            values["state_inputs"] = list(self.state_inputs)
+            values["state_outputs"] = list(self.state_outputs)
         return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
@@ -297,6 +341,11 @@ class ModelMetadata:
                 optional["embedding_output"] = v.string("embedding_output", 256, empty=False)
             if values.get("embedding_dim") is not None:
                 optional["embedding_dim"] = v.integer("embedding_dim", 1, 65_536)
+            if values.get("stream_chunk_frames") is not None:
+                optional["stream_chunk_frames"] = v.integer("stream_chunk_frames", 1, 1 << 20)
+            for key in ("state_inputs", "state_outputs"):
+                if values.get(key) is not None:
+                    optional[key] = v.strings(key, 1)
             normalization = values["normalization"]
             if normalization is not None:
                 if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:

@@ -130,6 +130,65 @@ class Classifier:
         self.metadata = ModelMetadata.from_props(props, source=where)
         meta = self.metadata
 
+        self._stream = None
+        """The :class:`~detector.streaming.StreamStage` of a streaming model (else None)."""
+        if meta.is_streaming:
+            self._open_streaming(where)
+        else:
+            self._open_window(where)
+        self._n_labels = len(meta.labels)
+        self.model_metadata = meta
+        """The model's own metadata (``metadata`` adds the custom labels, if any)."""
+        self.custom = None
+        """Custom heads attached with :meth:`attach_custom` (None: only built-in labels)."""
+        self.embedding = (np.zeros(self.embedding_dim, dtype=np.float32)
+                          if self.embedding_name else None)
+        """The embedding of the last window :meth:`predict` ran on (None without one)."""
+        self._warned_range = False
+
+        self.frontend = make_frontend(meta)
+        """The front end the model was trained on (tables only; the pipeline streams it)."""
+        started = time.perf_counter()
+        try:
+            scores = self.predict(np.full((meta.frames, meta.features.n_mels),
+                                          self.frontend.floor, dtype=np.float32))
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{where} fails on a silent window ({_first_line(exc)})") from None
+        self.reset()
+        logger.info("model %s (%s): %d labels, window %.2f s = %d frames%s, providers %s, "
+                    "warm-up %.1f ms", self.path.name, meta.model_version, len(meta.labels),
+                    meta.window_seconds, meta.frames,
+                    f", streaming in chunks of {meta.stream_chunk_frames}" if self._stream else "",
+                    ",".join(self.providers), (time.perf_counter() - started) * 1000)
+        del scores
+
+    def _normalization(self) -> None:
+        norm = self.metadata.normalization
+        self._mean = float(norm["mean"]) if norm else 0.0
+        self._std = float(norm["std"]) if norm else 1.0
+        self._normalize = self._std != 1.0 or self._mean != 0.0
+        self._window_shape = (self.metadata.frames, self.metadata.features.n_mels)
+
+    def _open_streaming(self, where: str) -> None:
+        from .streaming import StreamStage
+
+        self._stream = StreamStage(self.session, self.metadata, where)
+        self.input_name = self._stream.input_name
+        self.output_name = self._stream.output_name
+        self.embedding_name = self._stream.embedding_name
+        self.embedding_dim = int(self.metadata.embedding_dim or 0)
+        self._normalization()
+        self._binding = self._output = self._emb_output = None
+
+    def reset(self) -> None:
+        """Forget the stream so far (a streaming model's state); nothing for window models."""
+        if self._stream is not None:
+            self._stream.reset()
+
+    def _open_window(self, where: str) -> None:
+        meta = self.metadata
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise ModelError(f"{where} has {len(inputs)} inputs; expected one "
@@ -173,43 +232,14 @@ class Classifier:
                                  f"{eshape}; its metadata says float32 "
                                  f"[batch, {meta.embedding_dim}]")
             self.embedding_name, self.embedding_dim = emb_name, int(meta.embedding_dim)
-        norm = meta.normalization
-        self._mean = float(norm["mean"]) if norm else 0.0
-        self._std = float(norm["std"]) if norm else 1.0
+        self._normalization()
         self._input = np.zeros((1, meta.frames, meta.features.n_mels, 1), dtype=np.float32)
-        # Per-window constants, computed once (predict runs 4x per second).
-        self._window_shape = (meta.frames, meta.features.n_mels)
         self._n_labels = len(meta.labels)
-        self._normalize = self._std != 1.0 or self._mean != 0.0
         self._input_window = self._input[0, :, :, 0]  # a [frames, n_mels] view of the input
         self._output_names = [self.output_name] + ([self.embedding_name]
                                                    if self.embedding_name else [])
         self._feed = {self.input_name: self._input}
-        self.model_metadata = meta
-        """The model's own metadata (``metadata`` adds the custom labels, if any)."""
-        self.custom = None
-        """Custom heads attached with :meth:`attach_custom` (None: only built-in labels)."""
-        self.embedding = (np.zeros(self.embedding_dim, dtype=np.float32)
-                          if self.embedding_name else None)
-        """The embedding of the last window :meth:`predict` ran on (None without one)."""
         self._binding, self._output, self._emb_output = self._bind_io()
-        self._warned_range = False
-
-        self.frontend = make_frontend(meta)
-        """The front end the model was trained on (tables only; the pipeline streams it)."""
-        started = time.perf_counter()
-        try:
-            scores = self.predict(np.full((meta.frames, meta.features.n_mels),
-                                          self.frontend.floor, dtype=np.float32))
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"{where} fails on a silent window ({_first_line(exc)})") from None
-        logger.info("model %s (%s): %d labels, window %.2f s = %d frames, providers %s, "
-                    "warm-up %.1f ms", self.path.name, meta.model_version, len(meta.labels),
-                    meta.window_seconds, meta.frames, ",".join(self.providers),
-                    (time.perf_counter() - started) * 1000)
-        del scores
 
     def _open(self, intra_op_threads: int, providers: Sequence[str]):
         """The onnxruntime session, opened once with the input's symbolic dims pinned.
@@ -252,7 +282,7 @@ class Classifier:
         preallocated ``[1, n_labels]`` (and ``[1, embedding_dim]``) float32 arrays;
         each window then skips onnxruntime's per-run feed conversion and output
         allocation. Only when the session's output shapes are exactly those (a
-        fixed batch, see :meth:`_fix_symbolic_dims`); otherwise ``session.run`` is used.
+        fixed batch, see :meth:`_open`); otherwise ``session.run`` is used.
         """
         wanted = {self.output_name: [1, self._n_labels]}
         if self.embedding_name:
@@ -305,7 +335,18 @@ class Classifier:
         is left in :attr:`embedding`."""
         if window.shape != self._window_shape:
             raise ValueError(f"window shape {window.shape} != {self._window_shape}")
-        if self._normalize and window.dtype == np.float32:
+        if self._stream is not None:  # only the newest chunk is new to a streaming model
+            chunk = window[-self._stream.chunk:]
+            target = self._stream.input[0, :, :, 0]
+            if self._normalize:
+                np.subtract(chunk, self._mean, out=target)
+                target /= self._std
+            else:
+                target[:] = chunk
+            scores, embedding = self._stream.step()
+            if embedding is not None:
+                self.embedding = embedding
+        elif self._normalize and window.dtype == np.float32:
             # the same float32 operations as the expression below, without temporaries
             dst = self._input_window
             np.subtract(window, self._mean, out=dst)
@@ -314,7 +355,9 @@ class Classifier:
             self._input[0, :, :, 0] = (window - self._mean) / self._std
         else:
             self._input[0, :, :, 0] = window
-        if self._binding is not None:
+        if self._stream is not None:
+            pass
+        elif self._binding is not None:
             self.session.run_with_iobinding(self._binding)
             scores = self._output.reshape(-1).copy()
             if self._emb_output is not None:
@@ -378,6 +421,10 @@ def check_against_model(config: "Config", meta: ModelMetadata) -> None:
                           f"fmax={meta.features.fmax:g} Hz; use >= "
                           f"{int(2 * meta.features.fmax)} or omit it")
     hop = config.model.window_hop_seconds
+    if meta.is_streaming and hop is not None and abs(hop - meta.window_hop_seconds) > 1e-6:
+        raise ConfigError(f"model.window_hop_seconds={hop}: model {meta.model_version} is a "
+                          f"streaming model that steps every {meta.window_hop_seconds:g} s "
+                          "(its chunk); omit the key")
     if hop is not None and hop > meta.window_seconds:
         raise ConfigError(f"model.window_hop_seconds={hop} must be <= the model window "
                           f"{meta.window_seconds} s (larger hops skip audio)")

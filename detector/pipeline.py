@@ -165,6 +165,8 @@ class Pipeline:
         self.config = config
         self.source = source
         self.classifier = classifier
+        self._reset_model = getattr(classifier, "reset", None) or (lambda: None)
+        """Forget the stream so far (a streaming model's state; a no-op for window models)."""
         self.meta = meta
         self.params = meta.features
         if source.sample_rate != self.params.sample_rate:
@@ -183,6 +185,8 @@ class Pipeline:
                                     node=node, model=meta.model_version)
         self.frames = meta.frames
         hop_seconds = config.model.window_hop_seconds or meta.window_hop_seconds or 0.25
+        if meta.is_streaming:  # a streaming model steps once per chunk, whatever the config
+            hop_seconds = meta.window_hop_seconds
         self.hop_columns = max(1, int(round(hop_seconds * self.params.sample_rate
                                             / self.params.hop_length)))
         self.hop_seconds = self.hop_columns * self.params.hop_length / self.params.sample_rate
@@ -384,6 +388,7 @@ class Pipeline:
             self._add_columns(self.logmel.flush(),
                               self._clock_now() if self._anchor is not None else 0.0)
             self.logmel.reset()
+            self._reset_model()  # a streaming model's state must not span the gap
             self._grid_start, self._grid_columns = self.samples_in, self._n_columns
         wall = time.time()
         first_block = self._anchor is None
@@ -474,6 +479,7 @@ class Pipeline:
             # running the model (raw scores are only kept with ``record_scores``).
             scores = self._zero_scores
             inference_ms = 0.0
+            self._reset_model()  # the model did not hear this window
         else:
             t0 = time.perf_counter()
             scores = self.classifier.predict(window)

@@ -126,14 +126,16 @@ def keras_to_onnx(model, input_name: str, output_names, frames: int | None = Non
     if len(outputs) != len(output_names):
         raise ModelError(f"model has {len(outputs)} outputs, {len(output_names)} names given")
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
-    return _rename_outputs(proto, output_names)
+    proto = _rename_outputs(proto, output_names)
+    return optimize(proto) if optimized else proto
 
 
-def keras_to_onnx_inputs(model, inputs, output_names):
+def keras_to_onnx_inputs(model, inputs, output_names, optimized: bool = True):
     """An ONNX ``ModelProto`` of a Keras model with several named, fixed-shape inputs.
 
     ``inputs`` is ``[(name, shape), ...]`` in the order of ``model.inputs``;
-    ``output_names`` follow ``model.outputs`` (a step model with state inputs).
+    ``output_names`` follow ``model.outputs`` (a step model with state inputs);
+    ``optimized`` as in :func:`keras_to_onnx`.
     """
     import tensorflow as tf
     import tf2onnx
@@ -142,7 +144,8 @@ def keras_to_onnx_inputs(model, inputs, output_names):
     if len(model.outputs) != len(output_names):
         raise ModelError(f"model has {len(model.outputs)} outputs, {len(output_names)} names given")
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
-    return _rename_outputs(proto, output_names)
+    proto = _rename_outputs(proto, output_names)
+    return optimize(proto) if optimized else proto
 
 
 def _rename_outputs(proto, output_names):
@@ -153,7 +156,7 @@ def _rename_outputs(proto, output_names):
     for out in proto.graph.output:
         out.name = renames.get(out.name, out.name)
     proto.producer_name = "sound-detector export"
-    return optimize(proto) if optimized else proto
+    return proto
 
 
 def write_onnx(proto, metadata_props: dict[str, str], out_path: str | Path) -> Path:
