@@ -152,6 +152,15 @@ def test_tiny_real_run_the_daemon_fires_on_its_streaming_model(tiny_run):
     events = [json.loads(line) for line in replay.stdout.splitlines() if line.startswith("{")]
     assert any(e["type"] == "start" and e["label"] == "siren" for e in events), replay.stdout
     assert all(e["model"] == "tiny-s1" for e in events)
+    card = tmp / "MODEL_CARD.md"
+    done = subprocess.run([sys.executable, "-m", "export", "card", "--run", str(run), "--model",
+                           str(model), "--baseline-run", str(run), "--baseline-name", "itself",
+                           "--out", str(card)], cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = card.read_text()
+    assert "streaming" in text and "state_h" in text and "| 0 |" in text
+    assert "| itself |" in text  # the comparison table names both models
 
 
 @pytest.mark.parametrize("block_seconds", [0.01, 0.0625, 0.25, 1.0])
