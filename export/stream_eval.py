@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of -60 dBFS room noise before each clip (default: 5)")
     parser.add_argument("--limit", type=int, default=0,
                         help="at most N clips per class / kind (0 = all)")
+    parser.add_argument("--smoothing", type=int, default=0,
+                        help="events.smoothing_windows for the replay (default: the daemon's)")
     parser.add_argument("--out", default=".", help="output folder")
     parser.add_argument("--name", default="stream_eval")
 
@@ -245,17 +247,25 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0) -> dict:
+def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0,
+             event_config: dict | None = None) -> dict:
+    """The stream evaluation of ``model_path`` on the held-out clips of ``groups``;
+    ``event_config`` overrides keys of the ``[events]`` config (default: the daemon's)."""
     from .pretrained import collect, limit_per_kind
 
     samples = limit_per_kind([s for s in collect(data_root) if s.group in set(groups)], limit)
     audio, spans = build_stream(samples, gap)
-    events, meta = replay_stream(model_path, audio)
+    config = None
+    if event_config:
+        from detector.config import config_from_dict
+        config = config_from_dict({"model": {"intra_op_threads": 1}, "events": dict(event_config),
+                                   "output": {"stdout_json": False, "log_level": "warning"}})
+    events, meta = replay_stream(model_path, audio, config)
     owners = attribute(events, spans)
     result = judge(samples, spans, events, owners, gap)
     import platform
     result.update({"model": str(model_path), "model_version": meta.model_version,
-                   "groups": list(groups), "gap_s": gap, "stream_seconds": round(len(audio) / 16000, 1),
+                   "groups": list(groups), "gap_s": gap, "events_config": event_config or {}, "stream_seconds": round(len(audio) / 16000, 1),
                    "date": datetime.now().strftime("%Y-%m-%d"),
                    "machine": f"{platform.machine()} {os.cpu_count()} cores"})
     return result
@@ -264,7 +274,8 @@ def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0) ->
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate(args.model, args.data, args.group, args.gap, args.limit)
+    events = {"smoothing_windows": args.smoothing} if args.smoothing else None
+    result = evaluate(args.model, args.data, args.group, args.gap, args.limit, events)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     (out / f"{args.name}.md").write_text(markdown(result))
     plot(result, out / f"{args.name}.png")
