@@ -103,9 +103,9 @@ def record_feeds(classifier, files, windows_per_clip: int = 4, seed: int = 0,
                  progress: bool = True, lead_seconds: float = 1.0) -> list[dict]:
     """Model feeds recorded from the daemon's path on real clips: each clip, after
     ``lead_seconds`` of quiet room noise, streamed through ``Pipeline`` with
-    ``classifier`` (a :class:`~detector.model.Classifier`, or anything with ``metadata``,
-    ``predict(window)`` and an onnxruntime ``session`` it runs, e.g. one that carries a
-    streaming model's state); up to ``windows_per_clip`` of each clip's feeds kept
+    ``classifier`` (a :class:`~detector.model.Classifier`, streaming models included, or
+    anything with ``metadata``, ``predict(window)`` and an onnxruntime ``session`` it
+    runs); up to ``windows_per_clip`` of each clip's feeds kept
     (seeded). Any state the classifier carries runs on from clip to clip, as in the daemon."""
     from detector.config import config_from_dict
     from detector.pipeline import Pipeline
@@ -124,11 +124,17 @@ def record_feeds(classifier, files, windows_per_clip: int = 4, seed: int = 0,
                             disable=None)
         except ImportError:
             pass
-    recorder = FeedRecorder(classifier.session)
+    session = classifier.session
+    recorder = FeedRecorder(session)
+    # whatever holds the classifier's session runs it through the recorder: the classifier
+    # and any stage of it (a streaming model's state stage keeps its own reference)
+    holders = [classifier] + [obj for obj in vars(classifier).values()
+                              if obj is not classifier and getattr(obj, "session", None) is session]
     binding = getattr(classifier, "_binding", None)
     chosen: list[dict] = []
     try:
-        classifier.session = recorder
+        for holder in holders:
+            holder.session = recorder
         if binding is not None:
             classifier._binding = None  # the plain session.run path: the same feed, visible
         for path in iterator:
@@ -143,7 +149,8 @@ def record_feeds(classifier, files, windows_per_clip: int = 4, seed: int = 0,
             take = min(windows_per_clip, len(feeds))
             chosen += [feeds[i] for i in np.sort(rng.choice(len(feeds), take, replace=False))]
     finally:
-        classifier.session = recorder._session
+        for holder in holders:
+            holder.session = session
         if binding is not None:
             classifier._binding = binding
     if not chosen:
