@@ -127,7 +127,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def real_scene(seconds: float, sr: int = 16000, data: Path | None = None,
-               gap_seconds: float = 0.5, noise_dbfs: float = -60.0) -> tuple[np.ndarray, str]:
+               gap_seconds: float = 0.5, noise_dbfs: float = -60.0,
+               used: list | None = None) -> tuple[np.ndarray, str]:
     """``seconds`` of real recordings back to back: UrbanSound8K, SESA and everyday
     (negatives) clips taken in turn, in a fixed order, each after ``gap_seconds`` of
     seeded noise at ``noise_dbfs``. Returns the audio and one line saying what it is;
@@ -157,6 +158,8 @@ def real_scene(seconds: float, sr: int = 16000, data: Path | None = None,
         if rate != sr:
             continue
         parts += [(amp * rng.standard_normal(gap)).astype(np.float32), y.mean(axis=1)]
+        if used is not None:  # the caller wants to know which clips the scene holds
+            used.append(path)
         total += gap + len(y)
         count += 1
     out = np.concatenate(parts)[:n]
