@@ -82,17 +82,18 @@ def real_windows(frames=None, n_clips=3):
 
 # --- the shipped model and the mn04 trunk on real audio ---------------------------------
 
-def test_shipped_model_same_scores_on_real_audio_with_far_fewer_nodes():
+def test_shipped_model_is_the_rewritten_graph_and_stays_equal_on_real_audio():
+    """The shipped file was rewritten in place (tf2onnx's 426 nodes -> 169, events of a
+    10 min real replay identical, bench/results/model_variants.md); rewriting it again
+    changes nothing and keeps the scores on real clips."""
     proto = onnx.load(str(SHIPPED))
     opt = optimize(proto)
     x = real_windows()
     feeds = [{"features": x[i:i + 1]} for i in range(len(x))]
     assert max_diff(proto, opt, feeds) <= TOLERANCE
-    before, after = ops(proto), ops(opt)
-    assert len(opt.graph.node) < 0.5 * len(proto.graph.node)
-    assert after["Pad"] == 0 and before["Pad"] > 0          # folded into Conv pads
-    assert after["HardSwish"] == before["Clip"] > 0         # one node per hard-swish
-    assert after["Clip"] == 0 and after["Gather"] == 0      # SE shape arithmetic gone
+    shipped = ops(proto)
+    assert shipped["Pad"] == 0 and shipped["Clip"] == 0 and shipped["Gather"] == 0
+    assert shipped["HardSwish"] > 0 and len(proto.graph.node) < 200
     # metadata, input and output names are the model-file contract
     assert {p.key: p.value for p in opt.metadata_props} == \
         {p.key: p.value for p in proto.metadata_props}
@@ -142,8 +143,12 @@ def test_mn04_trunk_at_25_frames_same_outputs_on_real_audio(trunk25):
     got = outputs(opt, {"features": x[:8]})
     for w, g in zip(want, got):
         assert np.max(np.abs(np.asarray(w) - g)) <= 1e-4
+    before, after = ops(raw), ops(opt)
     assert len(opt.graph.node) < 0.5 * len(raw.graph.node)
-    assert ops(opt)["Pad"] == 0 and ops(opt)["Transpose"] <= 1
+    assert after["Pad"] == 0 and before["Pad"] > 0           # folded into Conv pads
+    assert after["HardSwish"] == before["Clip"] > 0          # one node per hard-swish
+    assert after["Clip"] == 0 and after["Gather"] == 0       # SE shape arithmetic gone
+    assert after["Transpose"] <= 1 < before["Transpose"]
 
 
 def test_keras_to_onnx_optimizes_by_default(trunk25):
@@ -327,17 +332,43 @@ def run_cli(*args):
 
 
 def test_cli_rewrites_a_file_and_keeps_its_metadata(tmp_path):
-    out = tmp_path / "opt.onnx"
-    result = run_cli("--model", SHIPPED, "--out", out)
-    assert result.returncode == 0, result.stderr
-    assert "nodes" in result.stdout
-    proto, opt = onnx.load(str(SHIPPED)), onnx.load(str(out))
-    assert {p.key: p.value for p in opt.metadata_props} == \
-        {p.key: p.value for p in proto.metadata_props}
-    assert len(opt.graph.node) < len(proto.graph.node)
+    """A file with foldable nodes and the model-file metadata (the shipped model's,
+    on a small Pad -> depthwise Conv -> BatchNorm graph)."""
     from detector.model import Classifier
 
-    assert Classifier(out).labels == Classifier(SHIPPED).labels
+    shipped = onnx.load(str(SHIPPED))
+    frames, mels = 97, 128
+    x_shape = ["N", frames, mels, 1]
+    w = RNG.standard_normal((1, 1, 3, 3)).astype(np.float32)
+    model = build([helper.make_node("Transpose", ["features"], ["nchw"], perm=[0, 3, 1, 2]),
+                   helper.make_node("Pad", ["nchw", "pads"], ["p"]),
+                   helper.make_node("Conv", ["p", "w"], ["c"]),
+                   helper.make_node("Mul", ["c", "s"], ["m"]),
+                   helper.make_node("Add", ["m", "b"], ["bn"]),
+                   helper.make_node("ReduceMean", ["bn"], ["pooled"], axes=[1, 2],
+                                    keepdims=0),  # [N, 128]
+                   helper.make_node("MatMul", ["pooled", "dense"], ["logits"]),
+                   helper.make_node("Softmax", ["logits"], ["scores"]),
+                   helper.make_node("Identity", ["pooled"], ["embedding"])],
+                  {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1]), "w": w, "s": np.float32(1.5),
+                   "b": np.float32(0.1),
+                   "dense": RNG.standard_normal((mels, 12)).astype(np.float32)},
+                  [("features", x_shape)], ["scores", "embedding"])
+    props = {p.key: p.value for p in shipped.metadata_props}
+    props["embedding_dim"] = "128"
+    helper.set_model_props(model, props)
+    src, out = tmp_path / "model.onnx", tmp_path / "opt.onnx"
+    onnx.save(model, str(src))
+    result = run_cli("--model", src, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "9 -> 6 nodes" in result.stdout
+    opt = onnx.load(str(out))
+    assert {p.key: p.value for p in opt.metadata_props} == props
+    assert ops(opt)["Pad"] == ops(opt)["Mul"] == ops(opt)["Add"] == 0
+    a, b = Classifier(src), Classifier(out)
+    window = real_windows(n_clips=1)[0, :, :, 0] * 5.0 - 4.5  # un-normalised log-mel
+    assert a.labels == b.labels
+    assert np.max(np.abs(a.predict(window) - b.predict(window))) <= TOLERANCE
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
