@@ -157,6 +157,7 @@ def run(args) -> int:
                 meta = S.metadata(f"{args.model_version}-rot{rot}",
                                   f"rotation {rot} of {run_dir.name}", thr)
                 path, _ = S.export_step_model(weights, head, meta, out / "model.onnx")
+                head.save(out / "head.keras")  # for re-deciding thresholds without retraining
                 result = evaluate(path, data, [rot], limit=args.limit)
                 (out / "stream.json").write_text(json.dumps(result, indent=1))
                 (out / "stream.md").write_text(markdown(result))
@@ -178,6 +179,7 @@ def run(args) -> int:
         step = max(1, len(samples) // 8)
         check = np.concatenate([frontend(P.read(samples[i])) for i in range(0, len(samples), step)])
         path, diff = S.export_step_model(weights, head, meta, args.out, check)
+        head.save(run_dir / "final_head.keras")
         summary["final"] = {"thresholds": thr, "train_seconds": round(time.time() - t0, 1),
                             "onnx_stream_parity": diff,
                             "history": {k: [float(x) for x in v] for k, v in history.items()},
