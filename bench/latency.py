@@ -141,6 +141,7 @@ def main(argv=None) -> int:
                         help="real recordings of these labels instead of the demo clip")
     parser.add_argument("--data", default=None,
                         help="real data folder (default ../shared/data beside the repository)")
+    parser.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     parser.add_argument("--name", default="latency")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
             "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port,
                      "node_id": "bench", "homeassistant_discovery": False},
             "output": {"stdout_json": False, "log_level": "warning"}})
-        classifier = Classifier(None, config.model.providers, 1)
+        classifier = Classifier(args.model, config.model.providers, 1)
         source = FileSource(wav, SR, realtime=True, block_seconds=config.audio.block_seconds)
         pipeline = Pipeline(config, source, classifier,
                             build_sinks(config, SR, stdout=False), live=True, node="bench")
