@@ -10,8 +10,9 @@
 * Calibration (int8): ``--calibration-clips`` other real clips of the same collections,
   none of them in the replay, recorded through the daemon's pipeline
   (``export.quantize.record_feeds``).
-* Variants: ``optimized`` (the shipped graph rewritten), ``int8`` (the shipped graph,
-  static QDQ: Conv, MatMul, Gemm) and ``int8 of optimized``.
+* Variants: ``fp32`` (model 1.0.0 as tf2onnx exported it, from git), ``optimized`` (that
+  graph rewritten: what ships now), ``int8`` (the exported graph, static QDQ: Conv,
+  MatMul, Gemm) and ``int8 of optimized``.
 * Per variant: per-window CPU ms (1 onnxruntime thread, ORT_ENABLE_ALL, batch 1,
   ``time.process_time`` per run, median / p95 of ``--runs``, all variants interleaved, on
   real windows), file size, node count; every window's scores through
@@ -36,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import REPO, SHARED_DATA, child_env, machine, real_scene, run_child, save  # noqa: E402,E501
-from bench.onnx_optimize import time_pair, windows  # noqa: E402
+from bench.onnx_optimize import as_exported, time_pair, windows  # noqa: E402
 
 SHIPPED = REPO / "detector" / "models" / "default.onnx"
 SR = 16000
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration-clips", type=int, default=100,
                         help="real clips (not in the replay) for the int8 calibration")
     parser.add_argument("--runs", type=int, default=1000, help="timed runs per variant")
-    parser.add_argument("--model", type=Path, default=SHIPPED, help="fp32 model")
+    parser.add_argument("--model", type=Path,
+                        help="fp32 model (default: the shipped model as exported, from git)")
     parser.add_argument("--name", default="model_variants", help="results file name")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
@@ -133,11 +135,11 @@ def main(argv=None) -> int:
         calib_dir.mkdir()
         for i, path in enumerate(calib):
             (calib_dir / f"{i:04d}_{path.name}").symlink_to(path)
-        fp32 = args.model
+        fp32 = args.model or as_exported(tmp)[0]
         opt = tmp / "optimized.onnx"
         proto = onnx.load(str(fp32))
         onnx.save(optimize(proto), str(opt))  # metadata kept
-        variants = {"fp32 (shipped)": fp32, "optimized": opt}
+        variants = {"fp32 (as exported)": fp32, "optimized (ships now)": opt}
         reports = {}
         for label, src in (("int8", fp32), ("int8 of optimized", opt)):
             out = tmp / f"{label.replace(' ', '_')}.onnx"
