@@ -425,6 +425,24 @@ def build_cache(samples: list[Sample], indices, frontend, session, n_variants: i
     return Cache.concat(parts)
 
 
+# the cache protocol of ``export.pretrained_cli.build_or_load_cache``
+CACHE_PREFIX = "cache"
+CACHE_TRUNK = "trunk.onnx"
+build_cache_part = build_cache
+
+
+def cache_settings() -> dict:
+    return {"window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS}
+
+
+def write_cache_trunk(weights, path: Path) -> Path:
+    return write_trunk_onnx(weights, path, model_frontend().frames)
+
+
+def load_cache(paths) -> Cache:
+    return Cache.concat([Cache.load(p) for p in paths])
+
+
 # --- the head: LSTM over the trunk's time steps ------------------------------------------
 
 @dataclass(frozen=True)

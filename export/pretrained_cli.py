@@ -61,42 +61,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _cache_part(args_tuple):
-    data, run, part, nparts, variants, synthetic, seed, folds, limit = args_tuple
+def _cache_part(job):
+    module, data, run, part, nparts, variants, synthetic, seed, folds, limit = job
+    import importlib
+
     from . import pretrained as P
 
+    recipe = importlib.import_module(module)
     samples = P.collect(data, folds=folds, limit=limit)
-    session = P.open_session(Path(run) / "trunk.onnx")
+    session = P.open_session(Path(run) / recipe.CACHE_TRUNK)
     pools: dict[int, list] = {}
     for s in samples:
         if s.label == P.BACKGROUND:
             pools.setdefault(s.group, []).append(P.read(s))
     indices = [i for i in range(len(samples)) if i % nparts == part]
-    cache = P.build_cache(samples, indices, P.model_frontend(), session, variants, pools,
-                          seed=seed, n_synthetic=synthetic if part == 0 else 0,
-                          progress=part == 0)
-    path = Path(run) / f"cache{part}.npz"
+    cache = recipe.build_cache_part(samples, indices, P.model_frontend(), session, variants,
+                                    pools, seed=seed, n_synthetic=synthetic if part == 0 else 0,
+                                    progress=part == 0)
+    path = Path(run) / f"{recipe.CACHE_PREFIX}{part}.npz"
     cache.save(path)
     return str(path)
 
 
-def build_or_load_cache(args, weights) -> "object":
-    from . import pretrained as P
+def build_or_load_cache(args, weights, module: str = "export.pretrained") -> "object":
+    """The frozen-trunk cache of a recipe module (``export.pretrained`` or
+    ``export.streaming``: its ``CACHE_PREFIX``, ``CACHE_TRUNK``, ``cache_settings``,
+    ``write_cache_trunk``, ``build_cache_part`` and ``load_cache``), built by
+    ``--workers`` processes, or reused when ``<run>/<prefix>.json`` records the same
+    settings."""
+    import importlib
 
+    recipe = importlib.import_module(module)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     settings = {"variants": args.variants, "synthetic": args.synthetic, "seed": args.seed,
                 "folds": args.folds, "limit": args.limit, "workers": args.workers,
-                "window_seconds": P.WINDOW_SECONDS, "hop_seconds": P.HOP_SECONDS}
-    stamp = run / "cache.json"
-    parts = [run / f"cache{i}.npz" for i in range(args.workers)]
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings and all(p.is_file() for p in parts):
-        logger.info("reusing the trunk cache in %s", run)
+                **recipe.cache_settings()}
+    stamp = run / f"{recipe.CACHE_PREFIX}.json"
+    parts = [run / f"{recipe.CACHE_PREFIX}{i}.npz" for i in range(args.workers)]
+    if (stamp.is_file() and json.loads(stamp.read_text()) == settings
+            and all(p.is_file() for p in parts)):
+        logger.info("reusing the cache %s*.npz in %s (same settings)", recipe.CACHE_PREFIX, run)
     else:
         t0 = time.time()
-        P.write_trunk_onnx(weights, run / "trunk.onnx", P.model_frontend().frames)
-        jobs = [(args.data, str(run), i, args.workers, args.variants, args.synthetic, args.seed,
-                 args.folds, args.limit) for i in range(args.workers)]
+        recipe.write_cache_trunk(weights, run / recipe.CACHE_TRUNK)
+        jobs = [(module, args.data, str(run), i, args.workers, args.variants, args.synthetic,
+                 args.seed, args.folds, args.limit) for i in range(args.workers)]
         if args.workers == 1:
             _cache_part(jobs[0])
         else:
@@ -104,8 +114,8 @@ def build_or_load_cache(args, weights) -> "object":
             with mp.get_context("spawn").Pool(args.workers) as pool:
                 pool.map(_cache_part, jobs)
         stamp.write_text(json.dumps(settings))
-        logger.info("trunk cache built in %.0f s", time.time() - t0)
-    return P.Cache.concat([P.Cache.load(p) for p in parts])
+        logger.info("cache %s*.npz built in %.0f s", recipe.CACHE_PREFIX, time.time() - t0)
+    return recipe.load_cache(parts)
 
 
 def policy_thresholds(P, cache, samples, head, matrix, floors, rows_neg, floor, margin):

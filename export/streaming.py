@@ -198,6 +198,24 @@ def build_chunk_cache(samples, indices, frontend, session, n_variants: int, pool
     return ChunkCache.concat(parts)
 
 
+# the cache protocol of ``export.pretrained_cli.build_or_load_cache``
+CACHE_PREFIX = "chunks"
+CACHE_TRUNK = "chunk_trunk.onnx"
+build_cache_part = build_chunk_cache
+
+
+def cache_settings() -> dict:
+    return {"chunk_frames": CHUNK_FRAMES, "min_cover": MIN_COVER_SECONDS}
+
+
+def write_cache_trunk(weights, path: Path) -> Path:
+    return write_chunk_trunk(weights, path)
+
+
+def load_cache(paths) -> ChunkCache:
+    return ChunkCache.concat([ChunkCache.load(p) for p in paths])
+
+
 # --- training sequences ------------------------------------------------------------------
 
 def make_sequences(cache: ChunkCache, spans: list[tuple[int, int]], n_seq: int, length: int,

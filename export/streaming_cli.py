@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .pretrained_cli import build_or_load_cache
+
 logger = logging.getLogger(__name__)
 
 
@@ -60,55 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _cache_part(job):
-    data, run, part, nparts, variants, synthetic, seed, folds, limit = job
-    from . import pretrained as P
-    from . import streaming as S
-
-    samples = P.collect(data, folds=folds, limit=limit)
-    session = P.open_session(Path(run) / "chunk_trunk.onnx")
-    pools: dict[int, list] = {}
-    for s in samples:
-        if s.label == P.BACKGROUND:
-            pools.setdefault(s.group, []).append(P.read(s))
-    indices = [i for i in range(len(samples)) if i % nparts == part]
-    cache = S.build_chunk_cache(samples, indices, P.model_frontend(), session, variants, pools,
-                                seed=seed, n_synthetic=synthetic if part == 0 else 0,
-                                progress=part == 0)
-    path = Path(run) / f"chunks{part}.npz"
-    cache.save(path)
-    return str(path)
-
-
-def build_or_load_cache(args, weights):
-    from . import streaming as S
-
-    run = Path(args.run)
-    run.mkdir(parents=True, exist_ok=True)
-    settings = {"variants": args.variants, "synthetic": args.synthetic, "seed": args.seed,
-                "folds": args.folds, "limit": args.limit, "workers": args.workers,
-                "chunk_frames": S.CHUNK_FRAMES, "min_cover": S.MIN_COVER_SECONDS}
-    stamp = run / "chunks.json"
-    parts = [run / f"chunks{i}.npz" for i in range(args.workers)]
-    if (stamp.is_file() and json.loads(stamp.read_text()) == settings
-            and all(p.is_file() for p in parts)):
-        logger.info("reusing the chunk cache in %s", run)
-    else:
-        t0 = time.time()
-        S.write_chunk_trunk(weights, run / "chunk_trunk.onnx")
-        jobs = [(args.data, str(run), i, args.workers, args.variants, args.synthetic, args.seed,
-                 args.folds, args.limit) for i in range(args.workers)]
-        if args.workers == 1:
-            _cache_part(jobs[0])
-        else:
-            import multiprocessing as mp
-            with mp.get_context("spawn").Pool(args.workers) as pool:
-                pool.map(_cache_part, jobs)
-        stamp.write_text(json.dumps(settings))
-        logger.info("chunk cache built in %.0f s", time.time() - t0)
-    return S.ChunkCache.concat([S.ChunkCache.load(p) for p in parts])
-
-
 def fit(args, cache, samples, rows, seed):
     from . import pretrained as P
     from . import streaming as S
@@ -131,7 +84,7 @@ def run(args) -> int:
     data = Path(args.data)
     weights = load_weights(args.weights or data / "pretrained" / "mn04_as.npz")
     samples = P.collect(data, folds=args.folds, limit=args.limit)
-    cache = build_or_load_cache(args, weights)
+    cache = build_or_load_cache(args, weights, "export.streaming")
     group = np.array([samples[i].group if i >= 0 else -1 for i in cache.sample])
     run_dir = Path(args.run)
     summary_path = run_dir / args.summary
