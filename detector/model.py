@@ -346,27 +346,8 @@ class Classifier:
             scores, embedding = self._stream.step()
             if embedding is not None:
                 self.embedding = embedding
-        elif self._normalize and window.dtype == np.float32:
-            # the same float32 operations as the expression below, without temporaries
-            dst = self._input_window
-            np.subtract(window, self._mean, out=dst)
-            np.divide(dst, self._std, out=dst)
-        elif self._normalize:
-            self._input[0, :, :, 0] = (window - self._mean) / self._std
         else:
-            self._input[0, :, :, 0] = window
-        if self._stream is not None:
-            pass
-        elif self._binding is not None:
-            self.session.run_with_iobinding(self._binding)
-            scores = self._output.reshape(-1).copy()
-            if self._emb_output is not None:
-                self.embedding = self._emb_output.reshape(-1).copy()
-        else:
-            result = self.session.run(self._output_names, self._feed)
-            scores = np.asarray(result[0], dtype=np.float32).reshape(-1)
-            if self.embedding_name:
-                self.embedding = np.asarray(result[1], dtype=np.float32).reshape(-1)
+            scores = self._run_window(window)
         if scores.shape[0] != self._n_labels:
             raise ModelError(f"model {self.path} returned {scores.shape[0]} scores for "
                              f"{self._n_labels} labels")
@@ -381,6 +362,27 @@ class Classifier:
         if self.custom is not None:
             scores = np.concatenate((scores, self.custom.scores(self.embedding)))
         return scores
+
+    def _run_window(self, window: np.ndarray) -> np.ndarray:
+        """One pass of a whole-window model; leaves the embedding in :attr:`embedding`."""
+        if self._normalize and window.dtype == np.float32:
+            # the same float32 operations as the expression below, without temporaries
+            dst = self._input_window
+            np.subtract(window, self._mean, out=dst)
+            np.divide(dst, self._std, out=dst)
+        elif self._normalize:
+            self._input[0, :, :, 0] = (window - self._mean) / self._std
+        else:
+            self._input[0, :, :, 0] = window
+        if self._binding is not None:
+            self.session.run_with_iobinding(self._binding)
+            if self._emb_output is not None:
+                self.embedding = self._emb_output.reshape(-1).copy()
+            return self._output.reshape(-1).copy()
+        result = self.session.run(self._output_names, self._feed)
+        if self.embedding_name:
+            self.embedding = np.asarray(result[1], dtype=np.float32).reshape(-1)
+        return np.asarray(result[0], dtype=np.float32).reshape(-1)
 
     def predict_with_embedding(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, embedding)`` of one window, from one network pass."""
