@@ -81,11 +81,11 @@ def fires(head: custom.CustomHead, win, gate: float, smoothing: int) -> bool:
 def enrol(classifier, label, paths, background, config, seed):
     t0 = time.process_time()
     rate = classifier.model_metadata.features.sample_rate
-    clips = [custom.embed_samples(classifier, custom.read_audio(p, rate), config, name=p.name,
-                                  seed=seed * 100 + k) for k, p in enumerate(paths)]
+    clips = [custom.embed_clip(classifier, custom.read_audio(p, rate), config, name=p.name,
+                               seed=seed * 100 + k) for k, p in enumerate(paths)]
     result = custom.enroll(label, clips, background.embeddings, background.files,
                            classifier.model_metadata.model_version, config.events.gate_dbfs,
-                           config.events.smoothing_windows)
+                           config.events.smoothing_windows, background_groups=background.groups())
     return result, time.process_time() - t0
 
 
@@ -93,14 +93,17 @@ def with_room(background, room, gate):
     """The background set plus the user's own recordings (``--background``): every
     window above the gate of the ``room`` clips, one file id per clip."""
     embeddings, files = [background.embeddings], [background.files]
-    next_id = int(background.files.max()) + 1
+    next_id = len(background.kinds)
     for k, (_, win) in enumerate(room):
         keep = win.levels >= gate
         embeddings.append(win.embeddings[keep])
         files.append(np.full(int(keep.sum()), next_id + k))
+    origins = (np.arange(len(background.kinds)) if background.origins is None
+               else background.origins)
     return custom.BackgroundSet(np.vstack(embeddings), np.concatenate(files),
                                 background.kinds + ["room"] * len(room),
-                                background.model_version)
+                                background.model_version,
+                                np.concatenate((origins, next_id + np.arange(len(room)))))
 
 
 def run_scenario(name, classifier, background, config, enrol_pool, positives, negatives,

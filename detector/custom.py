@@ -51,6 +51,15 @@ ROOM_FLOOR_DBFS = -60.0
 """Noise floor of a quiet room: clips (and background files) whose quiet parts are
 quieter, e.g. digital silence around an edited sound, are embedded with white noise
 at this level added, since the daemon never hears digital silence between sounds."""
+FARTHER_DB = (-20.0, -40.0)
+"""Enrolment also hears every take this much quieter (the sound further from the
+microphone, in a room at :data:`ROOM_FLOOR_DBFS`): users record a take close by, the
+daemon hears the sound from across the room. Without it, knocks enrolled from ESC-50
+(loudest window -18 dBFS) fired on 10% of the DCASE office knocks (-52 dBFS); with it
+and :data:`BACKGROUND_FARTHER_DB`, 48% (bench/custom_labels.py, model 1.0.0)."""
+BACKGROUND_FARTHER_DB = (-20.0,)
+"""The background set holds its files this much quieter too, so that "quiet" alone
+is not what the head learns as the sound."""
 
 
 # --------------------------------------------------------------------------- heads
@@ -273,6 +282,8 @@ class ClipWindows:
     """Length of the clip (without padding)."""
     floor_dbfs: float
     """The clip's noise floor (10th percentile of 20 ms frame levels)."""
+    farther: tuple["ClipWindows", ...] = ()
+    """The same take heard quieter (:data:`FARTHER_DB`), window for window."""
 
 
 def frame_levels(samples: np.ndarray, sample_rate: int, frame_seconds: float = 0.02) -> np.ndarray:
@@ -330,6 +341,20 @@ def embed_samples(classifier: "Classifier", samples: np.ndarray, config: "Config
            else np.zeros((0, dim), dtype=np.float32))
     return ClipWindows(name=name, levels=np.asarray(pipeline.level_rows, dtype=np.float64),
                        embeddings=emb, seconds=samples.size / rate, floor_dbfs=floor)
+
+
+def embed_clip(classifier: "Classifier", samples: np.ndarray, config: "Config | None" = None,
+               name: str = "", seed: int = 0,
+               farther_db: Sequence[float] = FARTHER_DB) -> ClipWindows:
+    """:func:`embed_samples` of one take, with the take also heard ``farther_db``
+    quieter (same padding and length, so window ``i`` of a copy is window ``i`` of the
+    take)."""
+    clip = embed_samples(classifier, samples, config, name=name, seed=seed)
+    copies = tuple(embed_samples(classifier, np.asarray(samples, np.float32) * 10 ** (g / 20),
+                                 config, name=f"{name} ({g:+g} dB)", seed=seed)
+                   for g in farther_db)
+    return ClipWindows(clip.name, clip.levels, clip.embeddings, clip.seconds, clip.floor_dbfs,
+                       farther=copies)
 
 
 def positive_windows(clip: ClipWindows, gate_dbfs: float, below_peak_db: float = 6.0,
@@ -455,13 +480,16 @@ def calibrate(clip_scores: Sequence[float], background_scores: Sequence[float]) 
 
 def enroll(label: str, clips: Sequence[ClipWindows], background: np.ndarray,
            background_files: np.ndarray, model_version: str, gate_dbfs: float,
-           smoothing_windows: int = 2, l2: float = L2) -> Enrolment:
+           smoothing_windows: int = 2, l2: float = L2,
+           background_groups: np.ndarray | None = None) -> Enrolment:
     """Fit and calibrate a custom head.
 
     ``clips``: the user's examples (their windows); ``background`` ``[n, d]``
     embeddings with ``background_files`` ``[n]`` naming the file each window
-    comes from. Folds: fold ``k`` holds out user clip ``k`` (with two or more
-    clips) and every background file ``f`` with ``f % folds == k``; a model fitted
+    comes from; ``background_groups`` ``[n]`` (default: the file) the recording it was
+    made from, so a file and its quieter copy are held out together. Folds: fold ``k``
+    holds out user clip ``k`` (with two or more clips, with its quieter copies) and
+    every background group ``g`` with ``g % folds == k``; a model fitted
     on the rest scores them. The clip score is the tracker's view (smoothed max
     over all the clip's windows above the gate); a background file's score is the
     max over its windows (its windows are not consecutive).
@@ -477,6 +505,12 @@ def enroll(label: str, clips: Sequence[ClipWindows], background: np.ndarray,
             continue
         pos_list.append(clip.embeddings[keep])
         groups.extend([i] * keep.size)
+        for copy in clip.farther:  # the same windows of the take, heard from further away
+            if copy.levels.size != clip.levels.size:
+                continue
+            near = keep[copy.levels[keep] >= gate_dbfs]
+            pos_list.append(copy.embeddings[near])
+            groups.extend([i] * near.size)
     if not pos_list:
         raise AudioError("no clip holds a sound above the energy gate; record louder "
                          "or closer to the source")
@@ -491,7 +525,10 @@ def enroll(label: str, clips: Sequence[ClipWindows], background: np.ndarray,
 
     folds = max(len(used), 5)
     file_ids = np.asarray(background_files)
-    bg_fold = file_ids % folds
+    bg_groups = file_ids if background_groups is None else np.asarray(background_groups)
+    if bg_groups.shape != file_ids.shape:
+        raise ValueError("background_groups must name one group per background window")
+    bg_fold = bg_groups % folds
     clip_scores: list[float] = []
     bg_scores: list[float] = []
     for k in range(folds):
@@ -585,6 +622,15 @@ class BackgroundSet:
     kinds: list[str]
     """Kind of each file (by file index)."""
     model_version: str
+    origins: np.ndarray | None = None
+    """Per file index, the file it is a copy of (a quieter copy, :data:`BACKGROUND_FARTHER_DB`);
+    None: every file is its own."""
+
+    def groups(self) -> np.ndarray:
+        """Per window, the recording it comes from (a file and its copies are one)."""
+        if self.origins is None:
+            return self.files
+        return np.asarray(self.origins, dtype=np.int64)[self.files]
 
     @classmethod
     def load(cls, path: str | Path) -> "BackgroundSet":
@@ -596,19 +642,24 @@ class BackgroundSet:
                 meta = json.loads(str(data["meta"]))
             kinds = [str(k) for k in meta["kinds"]]
             version = str(meta["model_version"])
+            origins = (np.asarray(meta["origins"], dtype=np.int64)
+                       if meta.get("origins") is not None else None)
         except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
             raise ModelError(f"background set {path} is unreadable ({type(exc).__name__}); "
                              "make it with `python -m export background-embeddings`") from None
         if emb.ndim != 2 or files.shape != (emb.shape[0],) or (
-                files.size and (files.min() < 0 or files.max() >= len(kinds))):
+                files.size and (files.min() < 0 or files.max() >= len(kinds))) or (
+                origins is not None and (origins.shape != (len(kinds),) or (
+                    origins.size and (origins.min() < 0 or origins.max() >= len(kinds))))):
             raise ModelError(f"background set {path} is inconsistent; make it again")
-        return cls(emb, files, kinds, version)
+        return cls(emb, files, kinds, version, origins)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"model_version": self.model_version, "kinds": self.kinds,
-                "embedding_dim": int(self.embeddings.shape[1])}
+                "embedding_dim": int(self.embeddings.shape[1]),
+                "origins": None if self.origins is None else [int(o) for o in self.origins]}
         with open(path, "wb") as out:
             np.savez_compressed(out, embeddings=self.embeddings.astype(np.float16),
                                 files=self.files.astype(np.int32), meta=np.array(json.dumps(meta)))
@@ -619,7 +670,7 @@ class BackgroundSet:
         keep_files = np.array([k not in drop for k in self.kinds])
         mask = keep_files[self.files] if self.files.size else np.zeros(0, dtype=bool)
         return BackgroundSet(self.embeddings[mask], self.files[mask], self.kinds,
-                             self.model_version)
+                             self.model_version, self.origins)
 
 
 def matching_kinds(label: str, kinds: Iterable[str]) -> list[str]:

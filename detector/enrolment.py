@@ -117,12 +117,14 @@ def record_takes(config, seconds: float, takes: int, out_dir: Path, label: str,
     return paths
 
 
-def _background(args, config, classifier, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Background embeddings and file ids: the shipped (or given) set, minus the kinds
-    that are this label, plus the user's own recordings."""
+def _background(args, config, classifier, label: str
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Background embeddings, file ids and recording groups (a file and its quieter
+    copies): the shipped (or given) set, minus the kinds that are this label, plus the
+    user's own recordings."""
     meta = classifier.model_metadata
     lines: list[str] = []
-    embeddings, files = [], []
+    embeddings, files, groups = [], [], []
     next_id = 0
     if not args.no_shipped_background:
         path = (Path(args.background_set) if args.background_set
@@ -146,6 +148,7 @@ def _background(args, config, classifier, label: str) -> tuple[np.ndarray, np.nd
                              f"{', '.join(drop)}")
             embeddings.append(bg.embeddings)
             files.append(bg.files)
+            groups.append(bg.groups())
             next_id = len(bg.kinds)
             lines.append(f"background set: {len(np.unique(bg.files))} files, "
                          f"{bg.embeddings.shape[0]} windows ({path.name})")
@@ -174,12 +177,13 @@ def _background(args, config, classifier, label: str) -> tuple[np.ndarray, np.nd
         next_id = int(ids.max()) + 1
         embeddings.append(win.embeddings[keep])
         files.append(ids)
+        groups.append(ids)
     if user:
         lines.append(f"your background: {len(user)} recording(s)")
     if not embeddings:
         raise ConfigError("no background windows: pass --background recordings above the "
                           "energy gate")
-    return np.vstack(embeddings), np.concatenate(files), lines
+    return np.vstack(embeddings), np.concatenate(files), np.concatenate(groups), lines
 
 
 def cmd_enroll(args: argparse.Namespace, load) -> int:
@@ -211,11 +215,12 @@ def cmd_enroll(args: argparse.Namespace, load) -> int:
     if not paths:
         raise ConfigError("no clips: pass FILE... or --record SECONDS")
     rate = meta.features.sample_rate
-    clips = [custom.embed_samples(classifier, custom.read_audio(p, rate), config,
-                                  name=p.name, seed=k) for k, p in enumerate(paths)]
-    background, files, lines = _background(args, config, classifier, label)
+    clips = [custom.embed_clip(classifier, custom.read_audio(p, rate), config,
+                               name=p.name, seed=k) for k, p in enumerate(paths)]
+    background, files, groups, lines = _background(args, config, classifier, label)
     result = custom.enroll(label, clips, background, files, meta.model_version,
-                           config.events.gate_dbfs, config.events.smoothing_windows)
+                           config.events.gate_dbfs, config.events.smoothing_windows,
+                           background_groups=groups)
     replaced = (directory / f"{label}.npz").exists()
     path = result.head.save(directory)
     cpu = time.process_time() - cpu0

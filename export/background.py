@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.custom import ROOM_FLOOR_DBFS
+from detector.custom import BACKGROUND_FARTHER_DB, ROOM_FLOOR_DBFS
 from detector.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,11 @@ def background_files(data: Path, sources=SOURCES, skip_kinds=()) -> list[tuple[P
 
 
 def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WINDOWS_PER_FILE,
-          progress: bool = True, min_floor_dbfs: float | None = None):
-    """The :class:`detector.custom.BackgroundSet` of ``files`` through ``model``."""
+          progress: bool = True, min_floor_dbfs: float | None = None,
+          farther_db: tuple[float, ...] = BACKGROUND_FARTHER_DB):
+    """The :class:`detector.custom.BackgroundSet` of ``files`` through ``model``: each
+    file as it is and ``farther_db`` quieter (a copy is a file of its own, of the same
+    kind, with the original as its origin)."""
     from detector.config import Config
     from detector.custom import BackgroundSet, embed_samples, read_audio
     from detector.model import Classifier
@@ -78,21 +81,28 @@ def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WIND
     file_kinds: list[str] = []
     embeddings, ids = [], []
     logging.getLogger("detector.pipeline").setLevel(logging.WARNING)
+    origins: list[int] = []
+    gains = (0.0, *farther_db)
     for n, (path, kind) in enumerate(files):
-        win = embed_samples(classifier, read_audio(path, rate), config, name=path.name, seed=n,
-                            min_floor_dbfs=min_floor_dbfs)
-        keep = np.flatnonzero(win.levels >= gate)
-        if keep.size > per_file:
-            keep = keep[np.linspace(0, keep.size - 1, per_file).round().astype(int)]
+        samples = read_audio(path, rate)
+        for j, gain in enumerate(gains):
+            win = embed_samples(classifier, samples * np.float32(10 ** (gain / 20)), config,
+                                name=path.name, seed=n, min_floor_dbfs=min_floor_dbfs)
+            keep = np.flatnonzero(win.levels >= gate)
+            if keep.size > per_file:
+                keep = keep[np.linspace(0, keep.size - 1, per_file).round().astype(int)]
+            file_id = n + j * len(files)
+            if keep.size:
+                embeddings.append(win.embeddings[keep])
+                ids.append(np.full(keep.size, file_id))
         file_kinds.append(kind)
-        if keep.size:
-            embeddings.append(win.embeddings[keep])
-            ids.append(np.full(keep.size, n))
         if progress and (n + 1) % 50 == 0:
             logger.info("%d/%d files", n + 1, len(files))
     del kinds
+    file_kinds = file_kinds * len(gains)
+    origins = np.tile(np.arange(len(files)), len(gains))
     return BackgroundSet(np.vstack(embeddings), np.concatenate(ids), file_kinds,
-                         classifier.model_metadata.model_version)
+                         classifier.model_metadata.model_version, origins)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "at this level, as in a room (default: %(default)s)")
     parser.add_argument("--windows-per-file", type=int, default=WINDOWS_PER_FILE,
                         help="windows kept per file (default: %(default)s)")
+    parser.add_argument("--farther-db", type=float, nargs="*", default=list(BACKGROUND_FARTHER_DB),
+                        metavar="DB", help="also hear every file this many dB quieter, as a "
+                        "file of its own (default: %(default)s; none: no copies)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,11 +132,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--windows-per-file {args.windows_per_file} must be >= 1")
     files = background_files(Path(args.data), args.sources, args.skip_kind)
     started = time.process_time()
-    bg = build(args.model, files, args.windows_per_file, min_floor_dbfs=args.min_floor_dbfs)
+    if any(g >= 0 for g in args.farther_db):
+        raise ConfigError(f"--farther-db {args.farther_db}: copies must be quieter (< 0 dB)")
+    bg = build(args.model, files, args.windows_per_file, min_floor_dbfs=args.min_floor_dbfs,
+               farther_db=tuple(args.farther_db))
     out = Path(args.out) if args.out else shipped_background_path(bg.model_version)
     bg.save(out)
     print(f"wrote {out}: {bg.embeddings.shape[0]} windows x {bg.embeddings.shape[1]} from "
-          f"{len(files)} files ({len(set(bg.kinds))} kinds), model {bg.model_version}, "
+          f"{len(files)} files x {1 + len(args.farther_db)} levels ({len(set(bg.kinds))} kinds), model {bg.model_version}, "
           f"{out.stat().st_size / 1e6:.2f} MB, {time.process_time() - started:.1f} s CPU")
     return 0
 

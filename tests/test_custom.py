@@ -140,6 +140,56 @@ def test_positive_windows_skip_silence_and_the_gate():
     assert custom.positive_windows(quiet, gate_dbfs=-70).size == 0
 
 
+def test_takes_are_also_heard_farther_away_window_for_window(model, audio):
+    classifier = Classifier(model)
+    samples = custom.read_audio(audio["takes"][2], 16000)
+    clip = custom.embed_clip(classifier, samples, Config(), name="t", farther_db=(-20.0,))
+    assert len(clip.farther) == 1
+    copy = clip.farther[0]
+    assert copy.levels.shape == clip.levels.shape
+    loud = custom.positive_windows(clip, -70.0)
+    # where the sound is, the copy is 20 dB quieter (the room floor it is heard in aside)
+    assert np.allclose(copy.levels[loud], clip.levels[loud] - 20.0, atol=1.5)
+    assert not np.allclose(copy.embeddings[loud], clip.embeddings[loud])
+
+
+def test_quieter_copies_are_positives_of_their_own_take():
+    """The copy's windows at the take's sound (not the copy's own loudest, which may be
+    the room) are learned, held out with their take."""
+    rng = np.random.default_rng(1)
+    levels = np.array([-62, -30, -28, -62], dtype=float)
+    far = custom.ClipWindows("a -20", levels - [0, 20, 20, 0], rng.normal(0.5, 1, (4, 8)),
+                             1.0, -62.0)
+    takes = [custom.ClipWindows(f"t{i}", levels, rng.normal(2, 1, (4, 8)), 1.0, -62.0,
+                                farther=(far,)) for i in range(3)]
+    bg = rng.normal(0, 1, (200, 8)).astype(np.float32)
+    files = np.arange(200) // 4
+    plain = custom.enroll("x", [custom.ClipWindows(t.name, t.levels, t.embeddings, 1.0, -62.0)
+                                for t in takes], bg, files, "1", -70.0)
+    both = custom.enroll("x", takes, bg, files, "1", -70.0, background_groups=files % 25)
+    assert plain.head.info["windows"] == 6 and both.head.info["windows"] == 12
+    assert len(both.clip_scores) == 3
+    with pytest.raises(ValueError):
+        custom.enroll("x", takes, bg, files, "1", -70.0, background_groups=files[:10])
+
+
+def test_background_copies_keep_their_origin_through_save_and_load(tmp_path):
+    emb = np.arange(24, dtype=np.float32).reshape(6, 4)
+    bg = custom.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), ["a", "b", "a", "b"], "1",
+                              np.array([0, 1, 0, 1]))
+    back = custom.BackgroundSet.load(bg.save(tmp_path / "bg.npz"))
+    assert back.groups().tolist() == [0, 0, 1, 0, 0, 1]
+    assert back.without_kinds(["b"]).groups().tolist() == [0, 0, 0, 0]
+    plain = custom.BackgroundSet.load(
+        custom.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), list("abab"), "1").save(
+            tmp_path / "plain.npz"))
+    assert plain.origins is None and plain.groups().tolist() == [0, 0, 1, 2, 2, 3]
+    broken = custom.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), list("abab"), "1",
+                                  np.array([0, 1, 9, 1]))
+    with pytest.raises(ModelError, match="inconsistent"):
+        custom.BackgroundSet.load(broken.save(tmp_path / "broken.npz"))
+
+
 def test_kinds_that_name_the_label_are_left_out_of_the_background():
     kinds = ["door_wood_knock", "knock", "keyboard", "keys", "cough", "casual"]
     assert custom.matching_kinds("knock", kinds) == ["door_wood_knock", "knock"]
