@@ -150,7 +150,10 @@ def _background(args, config, classifier, label: str
             files.append(bg.files)
             groups.append(bg.groups())
             next_id = len(bg.kinds)
-            lines.append(f"background set: {len(np.unique(bg.files))} files, "
+            n_files, n_recordings = len(np.unique(bg.files)), len(np.unique(bg.groups()))
+            copies = (f" ({n_recordings} recordings, each also heard quieter)"
+                      if n_recordings < n_files else "")
+            lines.append(f"background set: {n_files} files{copies}, "
                          f"{bg.embeddings.shape[0]} windows ({path.name})")
         elif args.background_set:
             raise ConfigError(f"--background-set {path} does not exist")
