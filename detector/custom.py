@@ -54,9 +54,9 @@ at this level added, since the daemon never hears digital silence between sounds
 FARTHER_DB = (-20.0, -40.0)
 """Enrolment also hears every take this much quieter (the sound further from the
 microphone, in a room at :data:`ROOM_FLOOR_DBFS`): users record a take close by, the
-daemon hears the sound from across the room. Without it, knocks enrolled from ESC-50
-(loudest window -18 dBFS) fired on 10% of the DCASE office knocks (-52 dBFS); with it
-and :data:`BACKGROUND_FARTHER_DB`, 48% (bench/custom_labels.py, model 1.0.0)."""
+daemon hears the sound from across the room. Without it, knocks enrolled from 5 ESC-50
+clips (loudest window -18 dBFS) fired on 8% of the DCASE office knocks (-52 dBFS); with it
+and :data:`BACKGROUND_FARTHER_DB`, 54% (bench/custom_labels.py, model 1.0.0)."""
 BACKGROUND_FARTHER_DB = (-20.0,)
 """The background set holds its files this much quieter too, so that "quiet" alone
 is not what the head learns as the sound."""
@@ -357,6 +357,13 @@ def embed_clip(classifier: "Classifier", samples: np.ndarray, config: "Config | 
                        farther=copies)
 
 
+def spread(indices: np.ndarray, at_most: int) -> np.ndarray:
+    """At most ``at_most`` of ``indices``, evenly spread (first and last kept)."""
+    if indices.size <= at_most:
+        return indices
+    return indices[np.linspace(0, indices.size - 1, at_most).round().astype(int)]
+
+
 def positive_windows(clip: ClipWindows, gate_dbfs: float, below_peak_db: float = 6.0,
                      max_windows: int = 40) -> np.ndarray:
     """Indices of the windows where the sound is: within ``below_peak_db`` of the clip's
@@ -365,10 +372,8 @@ def positive_windows(clip: ClipWindows, gate_dbfs: float, below_peak_db: float =
     if clip.levels.size == 0:
         return np.zeros(0, dtype=int)
     peak = float(clip.levels.max())
-    keep = np.flatnonzero((clip.levels >= peak - below_peak_db) & (clip.levels >= gate_dbfs))
-    if keep.size > max_windows:
-        keep = keep[np.linspace(0, keep.size - 1, max_windows).round().astype(int)]
-    return keep
+    return spread(np.flatnonzero((clip.levels >= peak - below_peak_db)
+                                 & (clip.levels >= gate_dbfs)), max_windows)
 
 
 # --------------------------------------------------------------------------- fitting

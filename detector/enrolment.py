@@ -150,7 +150,7 @@ def _background(args, config, classifier, label: str
             files.append(bg.files)
             groups.append(bg.groups())
             next_id = len(bg.kinds)
-            n_files, n_recordings = len(np.unique(bg.files)), len(np.unique(bg.groups()))
+            n_files, n_recordings = len(np.unique(bg.files)), len(np.unique(groups[-1]))
             copies = (f" ({n_recordings} recordings, each also heard quieter)"
                       if n_recordings < n_files else "")
             lines.append(f"background set: {n_files} files{copies}, "
@@ -167,10 +167,7 @@ def _background(args, config, classifier, label: str
     for k, path in enumerate(user):
         win = custom.embed_samples(classifier, custom.read_audio(path, rate), config,
                                    name=path.name, seed=1000 + k)
-        keep = np.flatnonzero(win.levels >= gate)
-        if keep.size > BACKGROUND_WINDOWS_PER_FILE:
-            keep = keep[np.linspace(0, keep.size - 1,
-                                    BACKGROUND_WINDOWS_PER_FILE).round().astype(int)]
+        keep = custom.spread(np.flatnonzero(win.levels >= gate), BACKGROUND_WINDOWS_PER_FILE)
         if keep.size == 0:
             lines.append(f"--background {path}: every window is below the energy gate; "
                          "not used")

@@ -68,7 +68,7 @@ def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WIND
     file as it is and ``farther_db`` quieter (a copy is a file of its own, of the same
     kind, with the original as its origin)."""
     from detector.config import Config
-    from detector.custom import BackgroundSet, embed_samples, read_audio
+    from detector.custom import BackgroundSet, embed_samples, read_audio, spread
     from detector.model import Classifier
 
     classifier = Classifier(model)
@@ -81,16 +81,13 @@ def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WIND
     file_kinds: list[str] = []
     embeddings, ids = [], []
     logging.getLogger("detector.pipeline").setLevel(logging.WARNING)
-    origins: list[int] = []
     gains = (0.0, *farther_db)
     for n, (path, kind) in enumerate(files):
         samples = read_audio(path, rate)
         for j, gain in enumerate(gains):
             win = embed_samples(classifier, samples * np.float32(10 ** (gain / 20)), config,
                                 name=path.name, seed=n, min_floor_dbfs=min_floor_dbfs)
-            keep = np.flatnonzero(win.levels >= gate)
-            if keep.size > per_file:
-                keep = keep[np.linspace(0, keep.size - 1, per_file).round().astype(int)]
+            keep = spread(np.flatnonzero(win.levels >= gate), per_file)
             file_id = n + j * len(files)
             if keep.size:
                 embeddings.append(win.embeddings[keep])
@@ -120,9 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "at this level, as in a room (default: %(default)s)")
     parser.add_argument("--windows-per-file", type=int, default=WINDOWS_PER_FILE,
                         help="windows kept per file (default: %(default)s)")
-    parser.add_argument("--farther-db", type=float, nargs="*", default=list(BACKGROUND_FARTHER_DB),
-                        metavar="DB", help="also hear every file this many dB quieter, as a "
-                        "file of its own (default: %(default)s; none: no copies)")
+    parser.add_argument("--farther-db", type=float, nargs="*",
+                        default=list(BACKGROUND_FARTHER_DB), metavar="DB",
+                        help="also hear every file this many dB quieter, as a file of its own "
+                        "(default: %(default)s; none: no copies)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,16 +128,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.windows_per_file < 1:
         raise ConfigError(f"--windows-per-file {args.windows_per_file} must be >= 1")
-    files = background_files(Path(args.data), args.sources, args.skip_kind)
-    started = time.process_time()
     if any(g >= 0 for g in args.farther_db):
         raise ConfigError(f"--farther-db {args.farther_db}: copies must be quieter (< 0 dB)")
+    files = background_files(Path(args.data), args.sources, args.skip_kind)
+    started = time.process_time()
     bg = build(args.model, files, args.windows_per_file, min_floor_dbfs=args.min_floor_dbfs,
                farther_db=tuple(args.farther_db))
     out = Path(args.out) if args.out else shipped_background_path(bg.model_version)
     bg.save(out)
     print(f"wrote {out}: {bg.embeddings.shape[0]} windows x {bg.embeddings.shape[1]} from "
-          f"{len(files)} files x {1 + len(args.farther_db)} levels ({len(set(bg.kinds))} kinds), model {bg.model_version}, "
+          f"{len(files)} files x {1 + len(args.farther_db)} levels ({len(set(bg.kinds))} kinds), "
+          f"model {bg.model_version}, "
           f"{out.stat().st_size / 1e6:.2f} MB, {time.process_time() - started:.1f} s CPU")
     return 0
 
