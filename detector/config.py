@@ -211,6 +211,12 @@ class ModelConfig(_Section):
     """onnxruntime intra-op threads (1 keeps latency steady on small CPUs; 0 = onnxruntime default)."""
     window_hop_seconds: float | None = _bounded(None, ge=0.02, le=10.0)
     """Seconds between model windows; unset = the model's metadata (default 0.25)."""
+    onset_hop_seconds: float | None = _bounded(None, ge=0.01, le=10.0)
+    """Seconds between model windows for onset_seconds after a sound onset (a sudden rise of the level), so a sound is decided on soon after it begins; must divide the window hop; unset or equal to the hop = no extra windows."""
+    onset_seconds: float = _bounded(1.0, ge=0.0, le=10.0)
+    """How long after an onset the windows come every onset_hop_seconds."""
+    onset_rise_db: float = _bounded(10.0, gt=0.0, le=60.0)
+    """An onset: the level of the last 30 ms at least this many dB above the second before (and above events.gate_dbfs)."""
     custom_dir: str | None = None
     """Directory of custom labels made by `sound-detector enroll` (relative to the config file); unset = custom/ in the service's state directory ($STATE_DIRECTORY), if any."""
 

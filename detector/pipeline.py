@@ -39,6 +39,7 @@ import numpy as np
 from .errors import ConfigError, DetectorError
 from .events import EventTracker
 from .features import make_frontend
+from .onset import OnsetDetector, OnsetSpans
 from .sink import Sink
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -191,6 +192,23 @@ class Pipeline:
                                             / self.params.hop_length)))
         self.hop_seconds = self.hop_columns * self.params.hop_length / self.params.sample_rate
         self.window_span = self.params.samples_for(self.frames)
+        # onset windows: after a sudden rise of the level, windows on a finer grid too
+        self.onset_columns = self.hop_columns
+        onset_hop = config.model.onset_hop_seconds
+        if onset_hop and not meta.is_streaming:
+            cols = max(1, int(round(onset_hop * self.params.sample_rate / self.params.hop_length)))
+            if self.hop_columns % cols:
+                raise ConfigError(f"model.onset_hop_seconds={onset_hop} must divide the window "
+                                  f"hop ({self.hop_seconds:g} s = {self.hop_columns} columns of "
+                                  f"{self.params.hop_length / self.params.sample_rate * 1000:g} "
+                                  f"ms), e.g. {self.hop_seconds / 5:g}")
+            self.onset_columns = cols
+        self._onsets = OnsetDetector(self.params.hop_length, config.model.onset_rise_db,
+                                     config.events.gate_dbfs)
+        self._onset_spans = OnsetSpans(int(round(config.model.onset_seconds
+                                                 * self.params.sample_rate)))
+        self.onset_windows = 0
+        """Windows classified only because they followed an onset (off the regular hop)."""
         # the classifier's own front end (built once), else the one its metadata names
         self.frontend = getattr(classifier, "frontend", None) or make_frontend(meta)
         self.logmel = self.frontend.stream()  # the model's front end, streaming
@@ -390,6 +408,7 @@ class Pipeline:
             self.logmel.reset()
             self._reset_model()  # a streaming model's state must not span the gap
             self._grid_start, self._grid_columns = self.samples_in, self._n_columns
+            self._onsets.reset()
         wall = time.time()
         first_block = self._anchor is None
         if first_block:
@@ -414,6 +433,10 @@ class Pipeline:
         # The samples are buffered and transformed once the next window is due (one
         # transform per model hop instead of one per block; same columns).
         t0 = time.perf_counter()
+        if self.onset_columns != self.hop_columns:
+            onsets = self._onsets.feed(block)
+            if onsets:
+                self._onset_spans.add([self._grid_start + p for p in onsets])
         self.logmel.append(block)
         columns = None
         if self.logmel.ready_columns >= self._columns_to_next_window():
@@ -433,7 +456,17 @@ class Pipeline:
         count = self._n_columns
         if count < self.frames:
             return self.frames - count
-        return self.hop_columns - (count - self.frames) % self.hop_columns
+        step = self.hop_columns
+        if self.onset_columns != step:
+            open_until = self._onset_spans.open_until
+            if open_until is not None and open_until >= self._column_end(count + 1):
+                step = self.onset_columns  # an onset's span is open: finer grid
+        return step - (count - self.frames) % step
+
+    def _column_end(self, count: int) -> int:
+        """Absolute sample index just past the last sample of column ``count`` (1-based)."""
+        return (self._grid_start + self.params.n_fft
+                + (count - 1 - self._grid_columns) * self.params.hop_length)
 
     def _add_columns(self, columns: np.ndarray, block_end: float) -> None:
         """Append a block's new columns; classify every window that became due.
@@ -459,17 +492,21 @@ class Pipeline:
         self._columns[start_fill:start_fill + k] = columns
         self._fill += k
         self._n_columns += k
+        step = self.onset_columns  # == hop_columns without onset windows
         first = max(start_count + 1, frames)
-        first += (-(first - frames)) % self.hop_columns
-        for count in range(first, start_count + k + 1, self.hop_columns):
+        first += (-(first - frames)) % step
+        for count in range(first, start_count + k + 1, step):
+            regular = (count - frames) % self.hop_columns == 0
+            if not regular and not self._onset_spans.covers(self._column_end(count)):
+                continue
             end_row = start_fill + (count - start_count)
             self._classify(count, self._columns[end_row - frames:end_row], block_end)
+            self.onset_windows += not regular
 
     def _classify(self, count: int, window: np.ndarray, block_end: float) -> None:
         """Model, level and event tracker for the window ending at column ``count``."""
         # absolute sample index just past this column's last sample (per StreamingFrontEnd)
-        col_end = (self._grid_start + self.params.n_fft
-                   + (count - 1 - self._grid_columns) * self.params.hop_length)
+        col_end = self._column_end(count)
         now = block_end - (self.samples_in - col_end) / self.params.sample_rate
         level = dbfs(*self._ring.sum_squares(col_end - self.window_span, col_end))
         skipped = level < self.tracker.settings.gate_dbfs and not self.record_scores
