@@ -16,13 +16,17 @@ its onsets - and therefore the windows - are the same for any block size.
 from __future__ import annotations
 
 import collections
+import math
 
 import numpy as np
 
 SHORT_FRAMES = 3
-"""Frames (30 ms) whose power is compared with the second before them."""
+"""Frames (30 ms) whose power is compared with the second before them (``feed`` sums
+these three by name)."""
 CONTEXT_FRAMES = 100
 """Frames (1 s) of the level an onset must rise above."""
+RING = 128
+"""Frame powers kept (at least SHORT_FRAMES + CONTEXT_FRAMES)."""
 
 
 class OnsetDetector:
@@ -39,35 +43,44 @@ class OnsetDetector:
 
     def reset(self) -> None:
         """Forget the audio so far (after a gap: the next sample is position 0)."""
-        self._partial = np.zeros(0, dtype=np.float64)
-        self._powers = np.zeros(0, dtype=np.float64)  # the last frames' mean powers
+        self._partial = np.zeros(0, dtype=np.float32)
+        self._ring = [0.0] * RING  # mean powers of the last frames, by frame index % RING
+        self._context = 0.0  # sum of the CONTEXT_FRAMES powers before the short frames
         self._frames = 0  # frames completed so far
 
     def feed(self, block: np.ndarray) -> list[int]:
         """Onsets among the frames that ``block`` completes."""
-        x = np.concatenate([self._partial, np.asarray(block, dtype=np.float64).reshape(-1)])
+        x = np.asarray(block, dtype=np.float32).reshape(-1)
+        if self._partial.shape[0]:
+            x = np.concatenate([self._partial, x])
         n = x.shape[0] // self.frame
         self._partial = x[n * self.frame:]
         if n == 0:
             return []
-        powers = np.mean(x[:n * self.frame].reshape(n, self.frame) ** 2, axis=1)
-        history = np.concatenate([self._powers, powers])
-        first = self._frames  # absolute index of powers[0]
-        offset = first - (history.shape[0] - n)  # absolute index of history[0]
-        self._frames += n
-        self._powers = history[-(CONTEXT_FRAMES + SHORT_FRAMES):]
-        cum = np.concatenate([[0.0], np.cumsum(history)])
-        # frame j of history (absolute offset + j) is judged when it has a full context
-        js = np.arange(history.shape[0] - n, history.shape[0])
-        ok = js >= CONTEXT_FRAMES + SHORT_FRAMES - 1
-        js = js[ok]
-        if js.size == 0:
-            return []
-        short = (cum[js + 1] - cum[js + 1 - SHORT_FRAMES]) / SHORT_FRAMES
-        ctx_end = js + 1 - SHORT_FRAMES
-        context = (cum[ctx_end] - cum[ctx_end - CONTEXT_FRAMES]) / CONTEXT_FRAMES
-        rose = (short >= self.ratio * np.maximum(context, 1e-20)) & (short >= self.floor)
-        return [int((offset + j + 1) * self.frame) for j in js[rose]]
+        framed = x[:n * self.frame].reshape(n, self.frame).astype(np.float64)
+        powers = (np.einsum("ij,ij->i", framed, framed) / self.frame).tolist()
+        ring, ratio, floor, frame = self._ring, self.ratio, self.floor, self.frame
+        need = CONTEXT_FRAMES + SHORT_FRAMES - 1
+        context = self._context
+        out = []
+        i = self._frames
+        for p in powers:
+            ring[i % RING] = p
+            if i >= SHORT_FRAMES:  # frame i - SHORT_FRAMES joins the context ...
+                context += ring[(i - SHORT_FRAMES) % RING]
+                if i >= SHORT_FRAMES + CONTEXT_FRAMES:  # ... and the oldest one leaves it
+                    context -= ring[(i - SHORT_FRAMES - CONTEXT_FRAMES) % RING]
+            if i % CONTEXT_FRAMES == 0 and i >= need:  # exact again now and then (no drift)
+                context = math.fsum(ring[(i - SHORT_FRAMES - k) % RING]
+                                    for k in range(CONTEXT_FRAMES))
+            if i >= need:
+                short = p + ring[(i - 1) % RING] + ring[(i - 2) % RING]
+                if (short >= SHORT_FRAMES * floor
+                        and short * CONTEXT_FRAMES >= ratio * SHORT_FRAMES * max(context, 1e-18)):
+                    out.append((i + 1) * frame)
+            i += 1
+        self._frames, self._context = i, context
+        return out
 
 
 class OnsetSpans:
