@@ -216,7 +216,8 @@ def judge_policy(run: dict, policy: dict) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}; {result['date']}.",
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; {result['date']}.",
              f"Command: `{result['command']}` — held-out stream of group {result['group']} "
              f"({result['stream_seconds']:.0f} s, {result['clips']} clips), model "
              f"{result['model_version']} scored once every {result['base_hop']} s; each row "
@@ -231,14 +232,15 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['policy']} | {r['windows_per_second']:.2f} | {r['recall']:.1%} | {r['wrong_label']:.1%} | {p50} "
                      f"| {p95} | {r['everyday_fired']:.1%} | {r['false_alarms_per_hour']:.0f} |")
     labels = list(result["policies"][0]["per_class"])
-    lines += ["", "Per class: recall / delay p95 (s)", "",
+    lines += ["", "Per class: recall · delay p50 / p95 (s)", "",
               "| policy | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for r in result["policies"]:
         cells = []
         for label in labels:
             c = r["per_class"][label]
+            p50 = "-" if c["delay_p50"] is None else f"{c['delay_p50']:.2f}"
             p95 = "-" if c["delay_p95"] is None else f"{c['delay_p95']:.2f}"
-            cells.append(f"{c['recall']:.0%} / {p95}")
+            cells.append(f"{c['recall']:.0%} · {p50} / {p95}")
         lines.append(f"| {r['policy']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -264,10 +266,71 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def group_weights(data: Path, group: int) -> tuple[int, float]:
+    """(labelled clips, hours of everyday clips) of a rotation's held-out stream."""
+    import soundfile as sf
+
+    from export.pretrained import BACKGROUND, collect
+
+    samples = [s for s in collect(data) if s.group == group]
+    labelled = sum(1 for s in samples if s.label != BACKGROUND)
+    hours = sum(sf.info(str(s.path)).duration for s in samples if s.label == BACKGROUND) / 3600
+    return labelled, hours
+
+
+def combine(paths: list[str], data: Path) -> dict:
+    """Pool per-rotation results: recall and wrong label weighted by labelled clips, false
+    alarms per hour by hours of everyday sound, windows per second by stream length; delays
+    as the clip-weighted mean of the rotations' percentiles (an approximation, marked so)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    names = [r["policy"] for r in runs[0]["policies"]]
+    for r in runs[1:]:
+        missing = [n for n in names if n not in [x["policy"] for x in r["policies"]]]
+        names = [n for n in names if n not in missing]
+    weights = {r["group"]: group_weights(data, r["group"]) for r in runs}
+    pooled = []
+    for name in names:
+        rows = [(r, next(x for x in r["policies"] if x["policy"] == name)) for r in runs]
+        clips = np.array([weights[r["group"]][0] for r, _ in rows], dtype=float)
+        hours = np.array([weights[r["group"]][1] for r, _ in rows])
+        secs = np.array([r["stream_seconds"] for r, _ in rows])
+
+        def avg(key, w):
+            values = [x[key] for _, x in rows]
+            if any(v is None for v in values):
+                return None
+            return float(np.dot(values, w) / w.sum())
+        entry = {"policy": name, "windows_per_second": avg("windows_per_second", secs),
+                 "recall": avg("recall", clips), "wrong_label": avg("wrong_label", clips),
+                 "delay_p50": avg("delay_p50", clips), "delay_p95": avg("delay_p95", clips),
+                 "everyday_fired": avg("everyday_fired", hours),
+                 "false_alarms_per_hour": avg("false_alarms_per_hour", hours), "per_class": {}}
+        for label in rows[0][1]["per_class"]:
+            cells = [x["per_class"].get(label) for _, x in rows]
+            keep = [(c, w) for c, w in zip(cells, clips) if c is not None]
+            entry["per_class"][label] = {
+                key: (None if any(c[key] is None for c, _ in keep) else
+                      float(sum(c[key] * w for c, w in keep) / sum(w for _, w in keep)))
+                for key in ("recall", "wrong_label", "delay_p50", "delay_p95")}
+        pooled.append(entry)
+    return {"machine": runs[0]["machine"], "date": runs[0]["date"],
+            "command": "python bench/decision_policy.py --combine " + " ".join(
+                Path(p).name for p in paths),
+            "group": "+".join(str(r["group"]) for r in runs),
+            "model_version": ", ".join(r["model_version"] for r in runs),
+            "base_hop": runs[0]["base_hop"],
+            "stream_seconds": float(sum(r["stream_seconds"] for r in runs)),
+            "clips": int(sum(r["clips"] for r in runs)), "policies": pooled,
+            "pooled": {str(g): {"labelled_clips": w[0], "everyday_hours": round(w[1], 3)}
+                       for g, w in weights.items()}}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="ONNX model (a rotation model for --group)")
-    parser.add_argument("--group", type=int, required=True, help="held-out rotation group 0-3")
+    parser.add_argument("--model", help="ONNX model (a rotation model for --group)")
+    parser.add_argument("--group", type=int, help="held-out rotation group 0-3")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="pool the results of several rotations instead of running one")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--base-hop", type=float, default=0.05)
     parser.add_argument("--limit", type=int, default=0, help="at most N clips per kind (0 = all)")
@@ -277,6 +340,15 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="decision_policy")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
+    if args.combine:
+        result = combine(args.combine, Path(args.data))
+        save(args.name, result, markdown(result), out)
+        plot(result, out / f"{args.name}.png")
+        print(markdown(result))
+        return 0
+    if not args.model or args.group is None:
+        parser.error("--model and --group are needed (or --combine)")
     run = fine_scores(args.model, Path(args.data), args.group, args.base_hop, args.limit)
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": "python bench/decision_policy.py " + " ".join(argv or sys.argv[1:]),
@@ -290,7 +362,6 @@ def main(argv=None) -> int:
         print(f"{text:>22}: recall {r['recall']:.3f} wrong {r['wrong_label']:.3f} "
               f"delay p50 {r['delay_p50']} p95 {r['delay_p95']} everyday "
               f"{r['everyday_fired']:.3f} FA/h {r['false_alarms_per_hour']:.0f}", flush=True)
-    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
     save(args.name, result, markdown(result), out)
     plot(result, out / f"{args.name}.png")
     return 0

@@ -74,18 +74,25 @@ REAL = {"siren": ("sesa", "siren"), "gun_shot": ("sesa", "gunshot"),
 ONSET_DB_BELOW_PEAK = 20.0
 
 
-def real_clips(data: Path, label: str, count: int) -> list[Path]:
-    """``count`` recordings of ``label`` in a fixed order, spread over the folder / folds."""
+def real_clips(data: Path, label: str, count: int, group: int | None = None) -> list[Path]:
+    """``count`` recordings of ``label`` in a fixed order, spread over the folder / folds;
+    with ``group`` only those a rotation model of that group never had (its held-out
+    UrbanSound8K folds, SESA files by the training recipe's hash of the name)."""
     import csv
+
+    from export.pretrained import FOLD_GROUPS, _hash_group
 
     dataset, name = REAL[label]
     if dataset == "sesa":
-        files = sorted((data / "sesa" / name).glob("*.flac"))
+        files = sorted(p for p in (data / "sesa" / name).glob("*.flac")
+                       if group is None or _hash_group(p.name) == group)
     else:
         files = []
         with open(data / "urbansound8k" / "metadata" / "UrbanSound8K.csv", newline="") as f:
             for row in csv.DictReader(f):
                 path = data / "urbansound8k" / "audio" / f"fold{row['fold']}" / row["slice_file_name"]
+                if group is not None and int(row["fold"]) not in FOLD_GROUPS[group]:
+                    continue
                 if row["class_name"] == name and row["salience"] == "1" and path.exists():
                     files.append(path)
         files.sort()
@@ -106,14 +113,14 @@ def clip_onset(y: np.ndarray) -> float:
     return float(np.argmax(level >= level.max() - ONSET_DB_BELOW_PEAK)) * frame / SR
 
 
-def real_stimulus(data: Path, labels: list[str], per_label: int, gap: float, seed: int = 0
-                  ) -> tuple[np.ndarray, list[tuple[float, str, str]]]:
+def real_stimulus(data: Path, labels: list[str], per_label: int, gap: float, seed: int = 0,
+                  group: int | None = None) -> tuple[np.ndarray, list[tuple[float, str, str]]]:
     """(audio, [(onset time, label, clip name)]): the kinds interleaved, each after ``gap``
     seconds of -60 dBFS noise."""
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
-    clips = {label: real_clips(data, label, per_label) for label in labels}
+    clips = {label: real_clips(data, label, per_label, group) for label in labels}
     parts, onsets, t = [], [], 0.0
     for i in range(per_label):
         for label in labels:
@@ -137,8 +144,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sound", choices=sorted(SOUNDS), default="horn")
     parser.add_argument("--smoothing", type=int, default=None,
                         help="events.smoothing_windows (default: the daemon's default)")
+    parser.add_argument("--onset-hop", type=float, default=None,
+                        help="model.onset_hop_seconds (default: the daemon's default)")
     parser.add_argument("--real", nargs="+", choices=sorted(REAL), default=None,
                         help="real recordings of these labels instead of the demo clip")
+    parser.add_argument("--group", type=int, choices=range(4), default=None,
+                        help="with --real: only clips held out of this rotation (pair with "
+                             "--model of that rotation)")
     parser.add_argument("--data", default=None,
                         help="real data folder (default ../shared/data beside the repository)")
     parser.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
@@ -161,7 +173,7 @@ def main(argv=None) -> int:
         data = Path(args.data) if args.data else SHARED_DATA
         if not (data / "sesa").is_dir() and not (data / "urbansound8k").is_dir():
             raise SystemExit(f"latency: no real recordings at {data}; pass --data or use --sound")
-        audio, marked = real_stimulus(data, args.real, args.onsets, args.gap)
+        audio, marked = real_stimulus(data, args.real, args.onsets, args.gap, group=args.group)
     else:
         audio, times, _ = stimulus(args.onsets, args.gap, args.sound)
         marked = [(t, None, None) for t in times]
@@ -190,7 +202,8 @@ def main(argv=None) -> int:
         if not subscribed.wait(10):
             raise SystemExit("subscriber could not subscribe")
         config = config_from_dict({
-            "model": {"intra_op_threads": 1},
+            "model": {"intra_op_threads": 1, **({} if args.onset_hop is None else
+                                                 {"onset_hop_seconds": args.onset_hop})},
             "events": {} if args.smoothing is None else {"smoothing_windows": args.smoothing},
             "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port,
                      "node_id": "bench", "homeassistant_discovery": False},
@@ -268,7 +281,8 @@ def _real_report(args, argv, info, config, marked, per_onset, false_starts, mode
             "all_latencies_ms": [round(x, 1) for x in ms]}
     result = {"machine": info, "model": model, "real": args.real, "command": "python bench/latency.py " + " ".join(
         sys.argv[1:] if argv is None else argv), "onsets": len(marked),
-        "smoothing_windows": config.events.smoothing_windows,
+        "smoothing_windows": config.events.smoothing_windows, "group": args.group,
+        "onset_hop_seconds": config.model.onset_hop_seconds,
         "onset_rule": f"first 10 ms frame within {ONSET_DB_BELOW_PEAK:g} dB of the clip's loudest",
         "start_events_outside_cycles": false_starts, "labels": rows,
         "clips": [name for _, _, name in marked]}
@@ -281,7 +295,13 @@ def _real_report(args, argv, info, config, marked, per_onset, false_starts, mode
              f"(model {model}), "
              "MQTT via a real Mosquitto to a paho subscriber. Onset: the clip's first 10 ms "
              f"frame within {ONSET_DB_BELOW_PEAK:g} dB of its loudest; hit: the first start of "
-             "the clip's own label. Clips may be in the model's training data.", "",
+             "the clip's own label. " + ("Clips may be in the model's training data." if args.group is None
+                                  else f"Clips held out of rotation {args.group} (its model "
+                                       "never had them)."), "",
+             f"Onset windows: {config.model.onset_hop_seconds or 'off'}"
+             + (f" s for {config.model.onset_seconds:g} s after a rise of "
+                f"{config.model.onset_rise_db:g} dB" if config.model.onset_hop_seconds else "")
+             + ".", "",
              "| sound | smoothing | clips | detected | missed | other label first | p50 | p95 "
              "| min | max |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, row in rows.items():
