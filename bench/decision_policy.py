@@ -76,8 +76,33 @@ def fine_scores(model: str, data: Path, group: int, base_hop: float, limit: int)
     return {"samples": samples, "spans": spans, "onsets": onsets, "audio": audio,
             "times": np.asarray(pipeline.score_times), "scores": np.stack(pipeline.score_rows),
             "levels": np.asarray(pipeline.level_rows), "meta": classifier.metadata,
-            "hop": pipeline.hop_seconds, "model_seconds": seconds,
+            "hop": pipeline.hop_seconds, "model_seconds": seconds, "model": str(model),
             "stream_seconds": len(audio) / SR}
+
+
+def save_scores(run: dict, path: Path) -> None:
+    np.savez_compressed(path, times=run["times"], scores=run["scores"], levels=run["levels"],
+                        hop=run["hop"], model_seconds=run["model_seconds"],
+                        model=str(run["model"]))
+
+
+def load_scores(path: Path, data: Path, group: int, limit: int) -> dict:
+    """A run of :func:`fine_scores` from its saved scores (the stream is rebuilt, not rescored)."""
+    from detector.model import Classifier
+    from export.pretrained import SR, collect, limit_per_kind
+    from export.stream_eval import build_stream
+
+    with np.load(path) as d:
+        saved = {k: d[k] for k in d.files}
+    samples = limit_per_kind([s for s in collect(data) if s.group == group], limit)
+    audio, spans = build_stream(samples, 5.0)
+    onsets = [start + sound_onset(audio[int(round(start * SR)):int(round(end * SR))])
+              for start, end in spans]
+    meta = Classifier(str(saved["model"]), ("CPUExecutionProvider",), 1).metadata
+    return {"samples": samples, "spans": spans, "onsets": onsets, "audio": audio,
+            "times": saved["times"], "scores": saved["scores"], "levels": saved["levels"],
+            "meta": meta, "hop": float(saved["hop"]), "model": str(saved["model"]),
+            "model_seconds": float(saved["model_seconds"]), "stream_seconds": len(audio) / SR}
 
 
 def sound_onset(y: np.ndarray, sr: int = 16000) -> float:
@@ -96,7 +121,7 @@ def parse_policy(text: str) -> dict:
     :data:`IMPULSIVE` smoothed over 1 window instead."""
     parts = text.split(":")
     policy = {"name": text, "hop": float(parts[0]), "smoothing": int(parts[1]), "per_label": {},
-              "onset_hop": None, "onset_seconds": 1.0, "onset_rise_db": 10.0}
+              "onset_hop": None, "onset_seconds": 1.0, "onset_rise_db": 10.0, "events": {}}
     for extra in parts[2:]:
         key, value = extra.split("=")
         if key == "impulsive":
@@ -107,6 +132,10 @@ def parse_policy(text: str) -> dict:
             policy["onset_seconds"] = float(value)
         elif key == "rise":
             policy["onset_rise_db"] = float(value)
+        elif key == "min":
+            policy["events"]["min_duration_seconds"] = float(value)
+        elif key == "cooldown":
+            policy["events"]["cooldown_seconds"] = float(value)
         else:
             raise SystemExit(f"decision_policy: unknown policy option {key!r} in {text!r}")
     return policy
@@ -159,7 +188,8 @@ def decide(run: dict, policy: dict, phase: int) -> list[tuple[str, float, float]
     from detector.events import EventTracker
 
     meta = run["meta"]
-    events_cfg = config_from_dict({"events": {"smoothing_windows": policy["smoothing"]}}).events
+    events_cfg = config_from_dict({"events": {"smoothing_windows": policy["smoothing"],
+                                              **policy["events"]}}).events
     tracker = EventTracker(meta.labels, events_cfg, meta.thresholds,
                            background_labels=meta.background_labels)
     for label, k in policy["per_label"].items():
@@ -332,6 +362,8 @@ def main(argv=None) -> int:
     parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                         help="pool the results of several rotations instead of running one")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--scores", default=None, metavar="NPZ",
+                        help="keep the fine-grid scores here and reuse them when present")
     parser.add_argument("--base-hop", type=float, default=0.05)
     parser.add_argument("--limit", type=int, default=0, help="at most N clips per kind (0 = all)")
     parser.add_argument("--policy", nargs="+",
@@ -349,7 +381,13 @@ def main(argv=None) -> int:
         return 0
     if not args.model or args.group is None:
         parser.error("--model and --group are needed (or --combine)")
-    run = fine_scores(args.model, Path(args.data), args.group, args.base_hop, args.limit)
+    cache = Path(args.scores) if args.scores else None
+    if cache is not None and cache.exists():
+        run = load_scores(cache, Path(args.data), args.group, args.limit)
+    else:
+        run = fine_scores(args.model, Path(args.data), args.group, args.base_hop, args.limit)
+        if cache is not None:
+            save_scores(run, cache)
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": "python bench/decision_policy.py " + " ".join(argv or sys.argv[1:]),
               "group": args.group, "model": args.model,
