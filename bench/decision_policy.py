@@ -132,6 +132,8 @@ def parse_policy(text: str) -> dict:
             policy["onset_seconds"] = float(value)
         elif key == "rise":
             policy["onset_rise_db"] = float(value)
+        elif key == "thr":  # every on-threshold at least this
+            policy["threshold_at_least"] = float(value)
         elif key == "min":
             policy["events"]["min_duration_seconds"] = float(value)
         elif key == "cooldown":
@@ -190,7 +192,10 @@ def decide(run: dict, policy: dict, phase: int) -> list[tuple[str, float, float]
     meta = run["meta"]
     events_cfg = config_from_dict({"events": {"smoothing_windows": policy["smoothing"],
                                               **policy["events"]}}).events
-    tracker = EventTracker(meta.labels, events_cfg, meta.thresholds,
+    thresholds = dict(meta.thresholds)
+    if policy.get("threshold_at_least"):
+        thresholds = {k: max(v, policy["threshold_at_least"]) for k, v in thresholds.items()}
+    tracker = EventTracker(meta.labels, events_cfg, thresholds,
                            background_labels=meta.background_labels)
     for label, k in policy["per_label"].items():
         if label in tracker.event_labels:
@@ -282,9 +287,9 @@ def plot(result: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for r in result["policies"]:
-        axes[0].scatter(r["delay_p95"] or np.nan, r["recall"], label=r["policy"])
+        axes[0].scatter(r["delay_p50"] or np.nan, r["recall"], label=r["policy"])
         axes[1].scatter(r["false_alarms_per_hour"], r["recall"], label=r["policy"])
-    axes[0].set_xlabel("delay p95 (s)")
+    axes[0].set_xlabel("delay p50, sound onset -> start event (s)")
     axes[1].set_xlabel("false alarms per hour of everyday sound")
     for ax in axes:
         ax.set_ylabel("event recall")
@@ -317,7 +322,8 @@ def combine(paths: list[str], data: Path) -> dict:
     for r in runs[1:]:
         missing = [n for n in names if n not in [x["policy"] for x in r["policies"]]]
         names = [n for n in names if n not in missing]
-    weights = {r["group"]: group_weights(data, r["group"]) for r in runs}
+    weights = {r["group"]: ((r["labelled_clips"], r["everyday_hours"]) if "labelled_clips" in r
+                            else group_weights(data, r["group"])) for r in runs}
     pooled = []
     for name in names:
         rows = [(r, next(x for x in r["policies"] if x["policy"] == name)) for r in runs]
@@ -393,7 +399,10 @@ def main(argv=None) -> int:
               "group": args.group, "model": args.model,
               "model_version": run["meta"].model_version, "base_hop": run["hop"],
               "stream_seconds": run["stream_seconds"], "clips": len(run["samples"]),
-              "model_seconds": round(run["model_seconds"], 1), "policies": []}
+              "model_seconds": round(run["model_seconds"], 1),
+              "labelled_clips": sum(1 for s in run["samples"] if s.label != "background"),
+              "everyday_hours": sum(b - a for s, (a, b) in zip(run["samples"], run["spans"])
+                                    if s.label == "background") / 3600, "policies": []}
     for text in args.policy:
         r = judge_policy(run, parse_policy(text))
         result["policies"].append(r)

@@ -137,6 +137,51 @@ def real_stimulus(data: Path, labels: list[str], per_label: int, gap: float, see
     return np.concatenate(parts), onsets
 
 
+def combine(paths: list[str], name: str, out: str | None) -> int:
+    """Pool ``--real`` results (e.g. one per rotation) label by label: every latency of every
+    file, the clips detected / missed / fired another label first."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if any("real" not in r for r in runs):
+        raise SystemExit("latency: --combine takes results of --real runs")
+    labels = [label for label in runs[0]["real"] if all(label in r["labels"] for r in runs)]
+    rows = {}
+    for label in labels:
+        parts = [r["labels"][label] for r in runs]
+        ms = [x for p in parts for x in p["all_latencies_ms"]]
+        pct = percentiles(ms, (50, 95))
+        rows[label] = {"clips": sum(p["clips"] for p in parts),
+                       "detected": sum(p["detected"] for p in parts),
+                       "missed": sum(p["missed"] for p in parts),
+                       "other_label_first": sum(p["other_label_first"] for p in parts),
+                       "latency_ms": {k: None if pct[k] is None else round(pct[k], 1)
+                                      for k in ("p50", "p95")},
+                       "within_400_ms": sum(1 for x in ms if x <= 400.0),
+                       "all_latencies_ms": ms}
+    settings = {(r.get("onset_hop_seconds"), r["smoothing_windows"]) for r in runs}
+    result = {"combined": [Path(p).name for p in paths], "models": [r["model"] for r in runs],
+              "groups": [r.get("group") for r in runs], "machine": runs[0]["machine"],
+              "settings": sorted(map(list, settings), key=str), "labels": rows}
+    lines = [f"Pooled from {len(runs)} runs of `bench/latency.py --real` "
+             f"({', '.join(result['combined'])}; models {', '.join(result['models'])}; "
+             f"held-out groups {result['groups']}); machine {runs[0]['machine']['cpu']}, "
+             f"{runs[0]['machine']['cores']} cores, {runs[0]['machine']['date']}. "
+             "Onset windows / smoothing: "
+             + ", ".join(f"{h or 'off'} / {n}" for h, n in sorted(settings, key=str)) + ".",
+             "", "| sound | clips | detected | missed | other label first | p50 | p95 "
+             "| within 400 ms |", "|---|---|---|---|---|---|---|---|"]
+    for label, row in rows.items():
+        lat = row["latency_ms"]
+        fmt = (lambda v: "-" if v is None else f"{v} ms")
+        lines.append(f"| {label} | {row['clips']} | {row['detected']} | {row['missed']} | "
+                     f"{row['other_label_first']} | {fmt(lat['p50'])} | {fmt(lat['p95'])} | "
+                     f"{row['within_400_ms']} of {row['clips']} |")
+    md = "\n".join(lines) + "\n"
+    path = save(name, result, md, out)
+    print(md)
+    print(f"-> {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onsets", type=int, default=20)
@@ -156,7 +201,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     parser.add_argument("--name", default="latency")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="pool the results of several --real runs instead of running one")
     args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.name, args.out)
 
     import paho.mqtt.client as mqtt
     import soundfile as sf

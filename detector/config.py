@@ -211,8 +211,8 @@ class ModelConfig(_Section):
     """onnxruntime intra-op threads (1 keeps latency steady on small CPUs; 0 = onnxruntime default)."""
     window_hop_seconds: float | None = _bounded(None, ge=0.02, le=10.0)
     """Seconds between model windows; unset = the model's metadata (default 0.25)."""
-    onset_hop_seconds: float | None = _bounded(None, ge=0.01, le=10.0)
-    """Seconds between model windows for onset_seconds after a sound onset (a sudden rise of the level), so a sound is decided on soon after it begins; must divide the window hop; unset or equal to the hop = no extra windows."""
+    onset_hop_seconds: float = _bounded(0.05, ge=0.0, le=10.0)
+    """Seconds between model windows for onset_seconds after a sound onset (a sudden rise of the level), so a sound is decided on soon after it begins (rounded down to a divisor of the window hop); 0 = no extra windows."""
     onset_seconds: float = _bounded(1.0, ge=0.0, le=10.0)
     """How long after an onset the windows come every onset_hop_seconds."""
     onset_rise_db: float = _bounded(10.0, gt=0.0, le=60.0)
@@ -238,7 +238,7 @@ class EventsConfig(_Section):
 
     gate_dbfs: float = _bounded(-70.0, ge=-150.0, le=0.0)
     """Energy gate: windows quieter than this (dBFS) count as score 0 for every label."""
-    smoothing_windows: int = _bounded(2, ge=1, le=100)
+    smoothing_windows: int = _bounded(3, ge=1, le=100)
     """Scores are smoothed by the mean of the last N windows (1 = no smoothing)."""
     threshold_on: float = _bounded(0.5, gt=0.0, le=1.0)
     """On-threshold for labels without a calibrated threshold in the model or in events.thresholds."""

@@ -196,12 +196,15 @@ class Pipeline:
         self.onset_columns = self.hop_columns
         onset_hop = config.model.onset_hop_seconds
         if onset_hop and not meta.is_streaming:
-            cols = max(1, int(round(onset_hop * self.params.sample_rate / self.params.hop_length)))
-            if self.hop_columns % cols:
-                raise ConfigError(f"model.onset_hop_seconds={onset_hop} must divide the window "
-                                  f"hop ({self.hop_seconds:g} s = {self.hop_columns} columns of "
-                                  f"{self.params.hop_length / self.params.sample_rate * 1000:g} "
-                                  f"ms), e.g. {self.hop_seconds / 5:g}")
+            wanted = max(1, int(round(onset_hop * self.params.sample_rate
+                                      / self.params.hop_length)))
+            cols = max(d for d in range(1, min(wanted, self.hop_columns) + 1)
+                       if self.hop_columns % d == 0)
+            if cols != wanted:
+                logger.info("model.onset_hop_seconds=%g does not divide the window hop (%d "
+                            "columns): onset windows every %d columns (%g s)", onset_hop,
+                            self.hop_columns, cols,
+                            cols * self.params.hop_length / self.params.sample_rate)
             self.onset_columns = cols
         self._onsets = OnsetDetector(self.params.hop_length, config.model.onset_rise_db,
                                      config.events.gate_dbfs)

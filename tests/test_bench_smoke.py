@@ -164,9 +164,17 @@ def test_yamnet_front_end_puts_a_tone_in_its_mel_band():
 @pytest.mark.slow
 def test_latency_on_real_recordings_tiny(tmp_path, mosquitto, shared_data):
     run("latency.py", "--real", "dog_bark", "siren", "--onsets", "1", "--gap", "1.0",
-        "--data", str(shared_data), "--name", "tiny", "--out", str(tmp_path))
+        "--group", "2", "--data", str(shared_data), "--name", "tiny", "--out", str(tmp_path))
     result = json.loads((tmp_path / "tiny.json").read_text())
     assert result["onsets"] == 2 and set(result["labels"]) == {"dog_bark", "siren"}
+    import csv
+
+    from export.pretrained import FOLD_GROUPS, _hash_group
+    with open(shared_data / "urbansound8k" / "metadata" / "UrbanSound8K.csv") as f:
+        folds = {row["slice_file_name"]: int(row["fold"]) for row in csv.DictReader(f)}
+    dog, siren = result["clips"]  # only clips held out of rotation 2
+    assert folds[dog] in FOLD_GROUPS[2] and _hash_group(siren) == 2
+    assert result["group"] == 2 and result["onset_hop_seconds"] == 0.05
     for row in result["labels"].values():
         assert row["clips"] == 1 and row["detected"] + row["missed"] == 1
         if row["detected"]:
@@ -182,3 +190,29 @@ def test_latency_without_real_data_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
         f"latency: no real recordings at {tmp_path}; pass --data or use --sound"]
+
+
+@pytest.mark.slow
+def test_decision_policy_tiny(tmp_path, shared_data):
+    model = REPO / "detector" / "models" / "default.onnx"
+    scores = tmp_path / "fine.npz"
+    args = ["--model", str(model), "--group", "2", "--limit", "1", "--data", str(shared_data),
+            "--scores", str(scores), "--out", str(tmp_path),
+            "--policy", "0.25:2", "0.25:3:onset=0.05", "0.1:2"]
+    run("decision_policy.py", *args, "--name", "a")
+    assert scores.is_file()
+    run("decision_policy.py", *args, "--name", "b")  # from the kept scores: same result
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert a["policies"] == b["policies"]
+    rows = {r["policy"]: r for r in a["policies"]}
+    assert rows["0.25:2"]["windows_per_second"] == pytest.approx(4.0, abs=0.01)
+    assert rows["0.1:2"]["windows_per_second"] == pytest.approx(10.0, abs=0.01)
+    # onset windows: more than the regular hop's, fewer than every 0.05 s
+    assert 4.0 < rows["0.25:3:onset=0.05"]["windows_per_second"] < 20.0
+    for r in a["policies"]:
+        assert 0 <= r["recall"] <= 1 and r["phases"] >= 1
+    run("decision_policy.py", "--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+        "--data", str(shared_data), "--name", "c", "--out", str(tmp_path))
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["policies"][0]["recall"] == pytest.approx(a["policies"][0]["recall"])
+    assert (tmp_path / "c.png").is_file() and "| 0.25:2 |" in (tmp_path / "c.md").read_text()

@@ -95,7 +95,7 @@ def classifier(tmp_path_factory):
     return Classifier(make_band_model(tmp_path_factory.mktemp("m") / "tiny.onnx"))
 
 
-def config(onset_hop=None, seconds=1.0, **events) -> Config:
+def config(onset_hop=0.0, seconds=1.0, **events) -> Config:
     return Config(events=EventsConfig(**events),
                   model=ModelConfig(onset_hop_seconds=onset_hop, onset_seconds=seconds),
                   mqtt=MqttConfig(node_id="test-node", level_interval_seconds=1.0))
@@ -166,9 +166,17 @@ def test_steady_sound_costs_no_onset_windows(classifier):
     assert pipe.onset_windows == 0 and pipe.windows == plain.windows
 
 
-def test_an_onset_hop_that_does_not_divide_the_hop_is_refused(classifier):
-    with pytest.raises(ConfigError, match="onset_hop_seconds=0.1 must divide the window hop"):
-        Pipeline(config(onset_hop=0.1), ArraySource(np.zeros(SR)), classifier, [])
-    # equal to the hop: nothing extra
-    pipe = Pipeline(config(onset_hop=0.25), ArraySource(np.zeros(SR)), classifier, [])
-    assert pipe.onset_columns == pipe.hop_columns
+def test_an_onset_hop_that_does_not_divide_the_hop_is_rounded_down_to_a_divisor(classifier):
+    # hop 0.25 s = 25 columns: 0.1 s (10 columns) becomes 5, 0.03 s (3 columns) becomes 1
+    pipe = Pipeline(config(onset_hop=0.1), ArraySource(np.zeros(SR)), classifier, [])
+    assert pipe.onset_columns == 5
+    pipe = Pipeline(config(onset_hop=0.03), ArraySource(np.zeros(SR)), classifier, [])
+    assert pipe.onset_columns == 1
+    # equal to the hop, or 0: nothing extra
+    for off in (0.25, 0.0):
+        pipe = Pipeline(config(onset_hop=off), ArraySource(np.zeros(SR)), classifier, [])
+        assert pipe.onset_columns == pipe.hop_columns
+
+
+def test_onset_windows_are_on_by_default():
+    assert ModelConfig().onset_hop_seconds == 0.05
