@@ -12,7 +12,7 @@ window (its decision hop, at every phase of the fine grid) to the daemon's own
 :class:`detector.events.EventTracker` with that policy's ``[events]`` settings, and the
 start events are judged like ``stream-eval`` does (``export.stream_eval.judge``): own-label
 recall, another label fired, delay from the clip's sound onset (its first 10 ms frame within
-20 dB of its loudest, as ``bench/latency.py --real``), everyday clips firing, false alarms
+20 dB of its loudest: ``bench/latency.py``'s ``clip_onset``), everyday clips firing, false alarms
 per hour. The model runs once; only the decision logic differs between rows.
 
 A policy is ``hop:smoothing[:extra]``; see ``--policy``. Results:
@@ -35,6 +35,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from bench._common import machine, save  # noqa: E402
+from bench.latency import clip_onset as sound_onset  # noqa: E402  (same onset rule)
 
 IMPULSIVE = ("car_horn", "dog_bark", "gun_shot", "explosion")
 
@@ -103,17 +104,6 @@ def load_scores(path: Path, data: Path, group: int, limit: int) -> dict:
             "times": saved["times"], "scores": saved["scores"], "levels": saved["levels"],
             "meta": meta, "hop": float(saved["hop"]), "model": str(saved["model"]),
             "model_seconds": float(saved["model_seconds"]), "stream_seconds": len(audio) / SR}
-
-
-def sound_onset(y: np.ndarray, sr: int = 16000) -> float:
-    """Seconds to the first 10 ms frame within 20 dB of the loudest one."""
-    frame = sr // 100
-    n = len(y) // frame
-    if n == 0:
-        return 0.0
-    power = np.mean(y[:n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1)
-    level = 10 * np.log10(np.maximum(power, 1e-12))
-    return float(np.argmax(level >= level.max() - 20.0)) * frame / sr
 
 
 def parse_policy(text: str) -> dict:
