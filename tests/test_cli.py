@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -319,6 +320,10 @@ def test_replay_repeat_is_one_continuous_stream(files):
     assert [round(b - a, 3) for a, b in zip(starts, starts[1:])] == [4.0, 4.0]
     stats = [l for l in result.stderr.splitlines() if l.startswith("stats: ")]
     assert len(stats) == 1 and "12.0 s of audio" in stats[0] and "ms per second" in stats[0]
+    # the tone rises out of silence three times: onset windows after each (at most 20 a
+    # second for the span, which the rising frames stretch by about 0.1 s)
+    onset = int(re.search(r"(\d+) windows were onset windows", stats[0]).group(1))
+    assert 3 <= onset <= 3 * 22
     assert "must be >= 1" in one_error_line(cli("replay", tone, "--model", model,
                                                 "--repeat", "0"))
 
