@@ -37,7 +37,17 @@ import numpy as np  # noqa: E402
 from bench._common import machine, save  # noqa: E402
 from bench.latency import clip_onset as sound_onset  # noqa: E402  (same onset rule)
 
-IMPULSIVE = ("car_horn", "dog_bark", "gun_shot", "explosion")
+def held_out_stream(data: Path, group: int, limit: int) -> dict:
+    """The stream-eval stream of a rotation: samples, audio, clip spans and sound onsets."""
+    from export.pretrained import SR, collect, limit_per_kind
+    from export.stream_eval import build_stream
+
+    samples = limit_per_kind([s for s in collect(data) if s.group == group], limit)
+    audio, spans = build_stream(samples, 5.0)
+    onsets = [start + sound_onset(audio[int(round(start * SR)):int(round(end * SR))])
+              for start, end in spans]
+    return {"samples": samples, "spans": spans, "onsets": onsets, "audio": audio,
+            "stream_seconds": len(audio) / SR}
 
 
 def fine_scores(model: str, data: Path, group: int, base_hop: float, limit: int):
@@ -50,18 +60,16 @@ def fine_scores(model: str, data: Path, group: int, base_hop: float, limit: int)
     from detector.config import config_from_dict
     from detector.model import Classifier
     from detector.pipeline import Pipeline
-    from export.pretrained import SR, collect, limit_per_kind
-    from export.stream_eval import build_stream
+    from export.pretrained import SR
 
-    samples = limit_per_kind([s for s in collect(data) if s.group == group], limit)
-    audio, spans = build_stream(samples, 5.0)
+    stream = held_out_stream(data, group, limit)
     config = config_from_dict({"model": {"intra_op_threads": 1,
                                          "window_hop_seconds": base_hop},
                                "output": {"stdout_json": False, "log_level": "warning"}})
     classifier = Classifier(model, ("CPUExecutionProvider",), 1)
     with tempfile.TemporaryDirectory(prefix="decision-") as tmp:
         wav = Path(tmp) / "stream.wav"
-        sf.write(str(wav), audio, SR, subtype="FLOAT")
+        sf.write(str(wav), stream["audio"], SR, subtype="FLOAT")
         source = FileSource(wav, SR, realtime=False, block_seconds=1.0)
         pipeline = Pipeline(config, source, classifier, [], live=False, record_scores=True,
                             node="bench")
@@ -70,15 +78,10 @@ def fine_scores(model: str, data: Path, group: int, base_hop: float, limit: int)
         if pipeline.error is not None:
             raise pipeline.error
         seconds = time.perf_counter() - t0
-    onsets = []
-    for sample, (start, end) in zip(samples, spans):
-        a, b = int(round(start * SR)), int(round(end * SR))
-        onsets.append(start + sound_onset(audio[a:b]))
-    return {"samples": samples, "spans": spans, "onsets": onsets, "audio": audio,
-            "times": np.asarray(pipeline.score_times), "scores": np.stack(pipeline.score_rows),
-            "levels": np.asarray(pipeline.level_rows), "meta": classifier.metadata,
-            "hop": pipeline.hop_seconds, "model_seconds": seconds, "model": str(model),
-            "stream_seconds": len(audio) / SR}
+    return {**stream, "times": np.asarray(pipeline.score_times),
+            "scores": np.stack(pipeline.score_rows), "levels": np.asarray(pipeline.level_rows),
+            "meta": classifier.metadata, "hop": pipeline.hop_seconds, "model_seconds": seconds,
+            "model": str(model)}
 
 
 def save_scores(run: dict, path: Path) -> None:
@@ -90,33 +93,26 @@ def save_scores(run: dict, path: Path) -> None:
 def load_scores(path: Path, data: Path, group: int, limit: int) -> dict:
     """A run of :func:`fine_scores` from its saved scores (the stream is rebuilt, not rescored)."""
     from detector.model import Classifier
-    from export.pretrained import SR, collect, limit_per_kind
-    from export.stream_eval import build_stream
 
     with np.load(path) as d:
         saved = {k: d[k] for k in d.files}
-    samples = limit_per_kind([s for s in collect(data) if s.group == group], limit)
-    audio, spans = build_stream(samples, 5.0)
-    onsets = [start + sound_onset(audio[int(round(start * SR)):int(round(end * SR))])
-              for start, end in spans]
     meta = Classifier(str(saved["model"]), ("CPUExecutionProvider",), 1).metadata
-    return {"samples": samples, "spans": spans, "onsets": onsets, "audio": audio,
+    return {**held_out_stream(data, group, limit),
             "times": saved["times"], "scores": saved["scores"], "levels": saved["levels"],
             "meta": meta, "hop": float(saved["hop"]), "model": str(saved["model"]),
-            "model_seconds": float(saved["model_seconds"]), "stream_seconds": len(audio) / SR}
+            "model_seconds": float(saved["model_seconds"])}
 
 
 def parse_policy(text: str) -> dict:
-    """``"0.25:2"`` -> hop 0.25 s, smoothing 2; ``"0.1:3:impulsive=1"`` -> labels of
-    :data:`IMPULSIVE` smoothed over 1 window instead."""
+    """``"0.25:2"`` -> hop 0.25 s, smoothing 2; ``"0.25:3:onset=0.05:span=0.5"`` -> onset
+    windows every 0.05 s for 0.5 s; also ``rise=DB``, ``thr=X`` (every on-threshold at
+    least X) and the ``[events]`` keys ``min=`` / ``cooldown=``."""
     parts = text.split(":")
-    policy = {"name": text, "hop": float(parts[0]), "smoothing": int(parts[1]), "per_label": {},
+    policy = {"name": text, "hop": float(parts[0]), "smoothing": int(parts[1]),
               "onset_hop": None, "onset_seconds": 1.0, "onset_rise_db": 10.0, "events": {}}
     for extra in parts[2:]:
         key, value = extra.split("=")
-        if key == "impulsive":
-            policy["per_label"] = {label: int(value) for label in IMPULSIVE}
-        elif key == "onset":
+        if key == "onset":
             policy["onset_hop"] = float(value)
         elif key == "span":
             policy["onset_seconds"] = float(value)
@@ -149,11 +145,13 @@ def steps(run: dict, policy: dict) -> tuple[int, int]:
 
 def onset_positions(run: dict, policy: dict) -> np.ndarray:
     """Onsets of the whole stream (sample positions) by the daemon's detector."""
+    from detector.config import EventsConfig
     from detector.onset import OnsetDetector
 
     key = ("onsets", policy["onset_rise_db"])
-    if key not in run:
-        detector = OnsetDetector(run["meta"].features.hop_length, policy["onset_rise_db"], -70.0)
+    if key not in run:  # as the pipeline builds it: the frame is a column hop, floor the gate
+        detector = OnsetDetector(run["meta"].features.hop_length, policy["onset_rise_db"],
+                                 EventsConfig().gate_dbfs)
         run[key] = np.asarray(detector.feed(run["audio"]), dtype=np.int64)
     return run[key]
 
@@ -166,9 +164,10 @@ def chosen_windows(run: dict, policy: dict, phase: int) -> np.ndarray:
     if onset_step == step:
         return regular
     candidates = np.arange(phase % onset_step, n, onset_step)
-    ends = np.round(run["times"][candidates] * 16000).astype(np.int64)
+    sr = run["meta"].features.sample_rate
+    ends = np.round(run["times"][candidates] * sr).astype(np.int64)
     onsets = onset_positions(run, policy)
-    span = int(round(policy["onset_seconds"] * 16000))
+    span = int(round(policy["onset_seconds"] * sr))
     k = np.searchsorted(onsets, ends, side="right") - 1  # latest onset at or before the end
     covered = (k >= 0) & (ends - onsets[np.maximum(k, 0)] <= span)
     return np.union1d(regular, candidates[covered])
@@ -187,11 +186,6 @@ def decide(run: dict, policy: dict, phase: int) -> list[tuple[str, float, float]
         thresholds = {k: max(v, policy["threshold_at_least"]) for k, v in thresholds.items()}
     tracker = EventTracker(meta.labels, events_cfg, thresholds,
                            background_labels=meta.background_labels)
-    for label, k in policy["per_label"].items():
-        if label in tracker.event_labels:
-            st = tracker._states[label]
-            from collections import deque
-            st.history = deque(maxlen=k)
     out = []
     times, scores, levels = run["times"], run["scores"], run["levels"]
     chosen = chosen_windows(run, policy, phase)
@@ -363,8 +357,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base-hop", type=float, default=0.05)
     parser.add_argument("--limit", type=int, default=0, help="at most N clips per kind (0 = all)")
     parser.add_argument("--policy", nargs="+",
-                        default=["0.25:2", "0.25:1", "0.15:2", "0.1:2", "0.1:3",
-                                 "0.1:3:impulsive=1", "0.05:4"])
+                        default=["0.25:2", "0.25:3", "0.1:2", "0.05:2", "0.25:2:onset=0.05",
+                                 "0.25:3:onset=0.05", "0.25:4:onset=0.05",
+                                 "0.25:3:onset=0.05:span=0.5"])
     parser.add_argument("--name", default="decision_policy")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

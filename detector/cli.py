@@ -377,7 +377,8 @@ def _print_stats(pipeline, cpu_s: float, wall_s: float, rss_start_mb: float) -> 
           f"{pipeline.events_out} events; CPU {cpu_s:.2f} s = {per_s:.2f} ms per second "
           f"of audio; wall {wall_s:.2f} s ({audio_s / wall_s if wall_s else 0:.0f}x real "
           f"time); model {model_ms:.2f} ms per window ({pipeline.windows - runs} quiet windows "
-          f"skipped it, {pipeline.onset_windows} windows were onset windows); RSS {rss_start_mb:.1f} MB at start, "
+          f"skipped it, {pipeline.onset_windows} windows were onset windows); "
+          f"RSS {rss_start_mb:.1f} MB at start, "
           f"{rss_end_mb:.1f} MB at end, peak {rss_mb:.1f} MB", file=sys.stderr)
 
 

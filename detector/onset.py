@@ -9,8 +9,9 @@ above the mean power of the second before it, and louder than ``floor_dbfs``. Fo
 the finer ``onset_hop`` grid (see :class:`detector.pipeline.Pipeline`); in steady sound
 and in quiet there are no onsets and the model runs at its usual hop.
 
-The detector is fed whole blocks and judges every frame of them at once (numpy), so
-its onsets - and therefore the windows - are the same for any block size.
+The detector is fed whole blocks; each 10 ms frame is judged in order with the same
+running sums whatever the block boundaries, so its onsets - and therefore the windows -
+are the same for any block size.
 """
 
 from __future__ import annotations
@@ -92,9 +93,6 @@ class OnsetSpans:
 
     def add(self, positions) -> None:
         self._onsets.extend(positions)
-
-    def clear(self) -> None:
-        self._onsets.clear()
 
     def covers(self, position: int) -> bool:
         """Whether ``position`` lies in some onset's span (spans ending before it are dropped)."""
