@@ -217,3 +217,39 @@ def test_decision_policy_tiny(tmp_path, shared_data):
     c = json.loads((tmp_path / "c.json").read_text())
     assert c["policies"][0]["recall"] == pytest.approx(a["policies"][0]["recall"])
     assert (tmp_path / "c.png").is_file() and "| 0.25:2 |" in (tmp_path / "c.md").read_text()
+
+
+def test_pi_estimate_tiny(tmp_path):
+    run("pi_estimate.py", "--runs", "3", "--rounds", "1", "--warmup", "1",
+        "--suites", "spec", "daemon", "--name", "tiny", "--out", str(tmp_path), timeout=120)
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    local = result["local"]
+    for net in ("mobilenet_v1", "mobilenet_v2"):
+        row = local[f"spec/onnxruntime/{net}"]
+        assert row["calls"] == 3 and row["cpu_ms_min_of_round_medians"] > 0
+    assert local["daemon/onnxruntime/shipped_model"]["cpu_ms_p50"] > 0
+    assert result["daemon"]["mqtt_off"] > 0  # the committed process_cost_onset results
+    est = result["estimate"]
+    scenarios = ["onnxruntime"]  # from the published A72 times and onnxruntime here
+    if "spec/ncnn/mobilenet_v2" in local:  # the ncnn wheel is optional
+        assert all(r["ratio"] > 0 for r in est["ratios"]) and len(est["ratios"]) == 2
+        scenarios.append("ncnn_class")
+    else:
+        assert "ncnn" in result["skipped"]["spec/ncnn"]
+    for scenario in scenarios:
+        for pi in ("pi4", "pi5"):
+            row = est["daemon"]["mqtt_off"][scenario][pi]
+            assert row["ms_per_audio_second_central"] > 0 and row["headroom_central"] > 0
+            low, high = row["ms_per_audio_second_range"]
+            assert 0 < low <= row["ms_per_audio_second_central"] <= high
+    md = (tmp_path / "tiny.md").read_text()
+    assert "| spec/onnxruntime/mobilenet_v2 |" in md and "https://github.com/Tencent/ncnn" in md
+
+
+def test_pi_estimate_writes_benchncnn_layouts():
+    """The generated MobileNets have the layer and blob counts of benchncnn's files."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from pi_estimate import ncnn_param
+
+    assert ncnn_param("mobilenet_v1").splitlines()[:2] == ["7767517", "112 112"]
+    assert ncnn_param("mobilenet_v2").splitlines()[:2] == ["7767517", "219 229"]
