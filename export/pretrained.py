@@ -42,6 +42,11 @@ HOP_SECONDS = 0.25
 PRE_SECONDS = 0.75
 POST_SECONDS = 0.5
 ROOM_DBFS = -60.0
+ONSET_OFFSETS = (0.05, 0.1, 0.15, 0.2)
+"""Extra training windows ending this long after a clip's start (s): the daemon's onset
+windows see a sound's first fraction of a second, which the 0.25 s grid never shows."""
+ONSET_MIN_SECONDS = 0.1
+"""An onset window takes its clip's label from this much of the clip on (else masked)."""
 LABELS = (*URBANSOUND8K_LABELS, "explosion", "background")
 BACKGROUND = "background"
 FOLD_GROUPS = ((1,), (2,), (3, 4, 5), (6, 7, 8, 9))
@@ -192,47 +197,63 @@ class Windows:
 
 
 def clip_windows(audio: np.ndarray, is_event: bool, frontend, rng: np.random.Generator,
-                 label_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows ``[n, frames, n_mels]`` of ``audio`` laid into room noise, and their labels.
+                 label_index: int, onset_offsets=ONSET_OFFSETS
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows ``[n, frames, n_mels]`` of ``audio`` laid into room noise, their labels and
+    which of them are onset windows, in time order.
 
+    Windows: every :data:`HOP_SECONDS` from the start of the noise, plus one ending each of
+    ``onset_offsets`` after the clip's start (the daemon's onset windows).
     Labels: ``label_index`` for windows holding enough of the clip (events) or every
     window that touches the clip (background clips); background for room noise alone;
-    -1 (masked) for windows with only a quiet fringe of an event.
+    -1 (masked) for windows with only a quiet fringe of an event. Enough: a fifth of a
+    window on the regular grid, :data:`ONSET_MIN_SECONDS` for an onset window, and in both
+    within 20 dB of the clip's loudest regular window.
     """
     win, hop = int(WINDOW_SECONDS * SR), int(HOP_SECONDS * SR)
     pre, post = int(PRE_SECONDS * SR), int(POST_SECONDS * SR)
     if len(audio) + pre + post < win:
         post = win - len(audio) - pre
-    signal = np.concatenate([np.zeros(pre, np.float32), audio, np.zeros(post, np.float32)])
+    offsets = [int(round(d * SR)) for d in onset_offsets]
+    # room noise before the clip: PRE_SECONDS, plus whole hops when an onset window reaches
+    # back further; the regular grid starts where it would without them
+    extra = -(-max([0] + [win - pre - o for o in offsets]) // hop) * hop
+    lead = pre + extra
+    signal = np.concatenate([np.zeros(lead, np.float32), audio, np.zeros(post, np.float32)])
     signal = signal + room_noise(len(signal), rng)
     feats = frontend(signal)
     frames = frontend_frames(frontend)
-    starts = list(range(0, len(signal) - win + 1, hop))
-    logmels, labels = [], []
+    regular = list(range(extra, len(signal) - win + 1, hop))
+    onset = {lead + o - win for o in offsets} - set(regular)
+    starts = sorted(set(regular) | {s for s in onset if 0 <= s <= len(signal) - win})
+    logmels, labels, flags = [], [], []
     energies = []
     for s in starts:
-        lo, hi = max(s, pre), min(s + win, pre + len(audio))
+        lo, hi = max(s, lead), min(s + win, lead + len(audio))
         cover = max(0, hi - lo) / win
         energy = rms_db(signal[lo:hi]) if hi > lo else -200.0
         energies.append((cover, energy))
-    peak = max(e for c, e in energies) if energies else -200.0
+    peak = max((e for (c, e), s in zip(energies, starts) if s not in onset), default=-200.0)
     bg = LABELS.index(BACKGROUND)
     for (cover, energy), s in zip(energies, starts):
         col = s // 160
         window = feats[col:col + frames]
         if len(window) < frames:
             continue
+        enough = ONSET_MIN_SECONDS / WINDOW_SECONDS if s in onset else 0.2
         if cover == 0:
             lab = bg
         elif not is_event:
             lab = label_index
-        elif cover >= 0.2 and energy >= peak - 20.0:
+        elif cover >= enough - 1e-9 and energy >= peak - 20.0:
             lab = label_index
         else:
             lab = -1
         logmels.append(window)
         labels.append(lab)
-    return np.asarray(logmels, np.float32), np.asarray(labels, np.int64)
+        flags.append(s in onset)
+    return (np.asarray(logmels, np.float32), np.asarray(labels, np.int64),
+            np.asarray(flags, bool))
 
 
 def frontend_frames(frontend) -> int:
@@ -375,20 +396,23 @@ class Cache:
     sample: np.ndarray
     """Index of the sample (-1 for synthetic background)."""
     variant: np.ndarray
+    onset: np.ndarray
+    """True for an onset window (:data:`ONSET_OFFSETS`), off the regular grid."""
+
+    FIELDS = ("seq", "audioset", "label", "sample", "variant", "onset")
 
     @staticmethod
     def concat(parts: list["Cache"]) -> "Cache":
-        return Cache(*(np.concatenate([getattr(p, f) for p in parts])
-                       for f in ("seq", "audioset", "label", "sample", "variant")))
+        return Cache(*(np.concatenate([getattr(p, f) for p in parts]) for f in Cache.FIELDS))
 
     def save(self, path: Path) -> None:
-        np.savez(path, seq=self.seq, audioset=self.audioset, label=self.label,
-                 sample=self.sample, variant=self.variant)
+        np.savez(path, **{f: getattr(self, f) for f in Cache.FIELDS})
 
     @staticmethod
     def load(path: Path) -> "Cache":
         with np.load(path) as d:
-            return Cache(d["seq"], d["audioset"], d["label"], d["sample"], d["variant"])
+            onset = d["onset"] if "onset" in d.files else np.zeros(len(d["label"]), bool)
+            return Cache(d["seq"], d["audioset"], d["label"], d["sample"], d["variant"], onset)
 
 
 def build_cache(samples: list[Sample], indices, frontend, session, n_variants: int,
@@ -412,16 +436,19 @@ def build_cache(samples: list[Sample], indices, frontend, session, n_variants: i
         is_event = sample.label != BACKGROUND
         pool = pools.get(sample.group, [])
         for v, x in enumerate(variants(audio, is_event, n_variants, pool, rng)):
-            logmel, labels = clip_windows(x, is_event, frontend, rng, LABELS.index(sample.label))
+            logmel, labels, onset = clip_windows(x, is_event, frontend, rng,
+                                                 LABELS.index(sample.label))
             if not len(labels):
                 continue
             seq, z = embed(session, logmel)
-            parts.append(Cache(seq, z, labels, np.full(len(labels), i), np.full(len(labels), v)))
+            parts.append(Cache(seq, z, labels, np.full(len(labels), i), np.full(len(labels), v),
+                               onset))
     rng = np.random.default_rng([seed, 10 ** 6])
     for x in synthetic_background(n_synthetic, rng):
-        logmel, labels = clip_windows(x, False, frontend, rng, LABELS.index(BACKGROUND))
+        logmel, labels, onset = clip_windows(x, False, frontend, rng, LABELS.index(BACKGROUND))
         seq, z = embed(session, logmel)
-        parts.append(Cache(seq, z, labels, np.full(len(labels), -1), np.zeros(len(labels), int)))
+        parts.append(Cache(seq, z, labels, np.full(len(labels), -1), np.zeros(len(labels), int),
+                           onset))
     return Cache.concat(parts)
 
 
@@ -432,7 +459,8 @@ build_cache_part = build_cache
 
 
 def cache_settings() -> dict:
-    return {"window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS}
+    return {"window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS,
+            "onset_offsets": list(ONSET_OFFSETS), "onset_min_seconds": ONSET_MIN_SECONDS}
 
 
 def write_cache_trunk(weights, path: Path) -> Path:

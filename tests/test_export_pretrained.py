@@ -93,15 +93,45 @@ def test_windows_label_the_sound_not_the_quiet():
 
     rng = np.random.default_rng(1)
     audio = np.concatenate([sweep(0.5, rng), np.zeros(int(2.5 * SR), np.float32)])
-    logmel, labels = clip_windows(audio, True, model_frontend(), rng, LABELS.index("siren"))
+    logmel, labels, onset = clip_windows(audio, True, model_frontend(), rng,
+                                         LABELS.index("siren"), onset_offsets=())
     assert logmel.shape[1:] == (97, 128)
     siren, bg = LABELS.index("siren"), LABELS.index(BACKGROUND)
     # 0.75 s of room noise, the sweep (0.5 s), 2.5 s of silence, 0.5 s room noise; hop 0.25 s
     assert labels[0] == siren                  # the first window holds the whole sweep
     assert -1 in labels                        # silence inside the clip: masked, never background
     assert labels[-1] in (-1, bg)
-    quiet, _ = clip_windows(np.zeros(SR, np.float32), False, model_frontend(), rng, bg)
+    assert not onset.any()
+    quiet, _, _ = clip_windows(np.zeros(SR, np.float32), False, model_frontend(), rng, bg,
+                               onset_offsets=())
     assert quiet.mean() < logmel[0].mean() - 0.2    # room noise sits well below the sound
+
+
+def test_onset_windows_see_the_first_fraction_of_a_second():
+    from export.pretrained import LABELS, ONSET_OFFSETS, PRE_SECONDS, clip_windows, model_frontend
+
+    rng = np.random.default_rng(2)
+    audio = sweep(2.0, rng)
+    fe = model_frontend()
+    plain, plain_labels, _ = clip_windows(audio, True, fe, np.random.default_rng(3),
+                                          LABELS.index("siren"), onset_offsets=())
+    logmel, labels, onset = clip_windows(audio, True, fe, np.random.default_rng(3),
+                                         LABELS.index("siren"))
+    assert onset.sum() == len(ONSET_OFFSETS) and len(labels) == len(plain_labels) + onset.sum()
+    # the regular windows are unchanged and keep their order
+    np.testing.assert_array_equal(labels[~onset], plain_labels)
+    assert logmel[~onset].shape == plain.shape
+    # onset windows sit in time order before the first regular window holding 0.25 s of
+    # the clip (the first window of the regular grid, which starts at the noise's start)
+    idx = np.flatnonzero(onset)
+    assert list(idx) == list(range(len(idx)))
+    assert PRE_SECONDS + 0.25 == 1.0
+    # 0.05 s of sound is masked, from 0.1 s on the window takes the label
+    siren = LABELS.index("siren")
+    assert [int(x) for x in labels[idx]] == [-1 if d < 0.1 else siren for d in ONSET_OFFSETS]
+    # a background clip's onset windows are background
+    _, bg_labels, bg_onset = clip_windows(audio, False, fe, rng, LABELS.index("background"))
+    assert set(bg_labels[bg_onset].tolist()) == {LABELS.index("background")}
 
 
 def test_veto_gate_passes_evidence_and_spares_background():
