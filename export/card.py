@@ -70,6 +70,18 @@ def load_runs(runs: list[Path]) -> dict:
     return summary
 
 
+def _onset_windows_text(run: Path) -> str:
+    """The onset training windows of a run's cache (its ``cache.json``), as a sentence."""
+    stamp = run / "cache.json"
+    cache = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    offsets = cache.get("onset_offsets") or []
+    if not offsets:
+        return ""
+    return (" Also windows ending " + ", ".join(f"{d:g}" for d in offsets) + " s after the "
+            "clip's start (what the daemon's onset windows see), labelled from "
+            f"{cache.get('onset_min_seconds', 0.1):g} s of the clip on.")
+
+
 def pooled_row(rots: dict) -> dict | None:
     """Pooled stream numbers of the rotations (clip accuracy: mean of the rotations)."""
     pool = pooled(rots)
@@ -137,7 +149,8 @@ def card(runs: list[Path], model: Path, command: str, bench: list[Path],
                "- Windows: each clip laid into -60 dBFS room noise (0.75 s before, 0.5 s after), "
                "1.0 s windows every 0.25 s as the daemon sees them; a window takes the clip's "
                "label when it holds at least a fifth of the clip and its part is within 20 dB of "
-               "the clip's loudest window, else it is masked; room noise alone is background."),
+               "the clip's loudest window, else it is masked; room noise alone is background."
+               + _onset_windows_text(runs[0])),
               f"- Augmentation ({settings.get('variants')} versions of every clip): events mixed "
               "into everyday sounds of their own rotation group at 0-20 dB SNR, small pitch/time "
               "warps, gain -20..+6 dB; negatives mixed with each other (-6..6 dB), warped "

@@ -108,7 +108,9 @@ def test_windows_label_the_sound_not_the_quiet():
 
 
 def test_onset_windows_see_the_first_fraction_of_a_second():
-    from export.pretrained import LABELS, ONSET_OFFSETS, PRE_SECONDS, clip_windows, model_frontend
+    from export.pretrained import LABELS, PRE_SECONDS, clip_windows, model_frontend
+
+    OFFSETS = (0.05, 0.1, 0.15, 0.2)
 
     rng = np.random.default_rng(2)
     audio = sweep(2.0, rng)
@@ -116,8 +118,8 @@ def test_onset_windows_see_the_first_fraction_of_a_second():
     plain, plain_labels, _ = clip_windows(audio, True, fe, np.random.default_rng(3),
                                           LABELS.index("siren"), onset_offsets=())
     logmel, labels, onset = clip_windows(audio, True, fe, np.random.default_rng(3),
-                                         LABELS.index("siren"))
-    assert onset.sum() == len(ONSET_OFFSETS) and len(labels) == len(plain_labels) + onset.sum()
+                                         LABELS.index("siren"), onset_offsets=OFFSETS)
+    assert onset.sum() == len(OFFSETS) and len(labels) == len(plain_labels) + onset.sum()
     # the regular windows are unchanged and keep their order
     np.testing.assert_array_equal(labels[~onset], plain_labels)
     assert logmel[~onset].shape == plain.shape
@@ -128,9 +130,10 @@ def test_onset_windows_see_the_first_fraction_of_a_second():
     assert PRE_SECONDS + 0.25 == 1.0
     # 0.05 s of sound is masked, from 0.1 s on the window takes the label
     siren = LABELS.index("siren")
-    assert [int(x) for x in labels[idx]] == [-1 if d < 0.1 else siren for d in ONSET_OFFSETS]
+    assert [int(x) for x in labels[idx]] == [-1 if d < 0.1 else siren for d in OFFSETS]
     # a background clip's onset windows are background
-    _, bg_labels, bg_onset = clip_windows(audio, False, fe, rng, LABELS.index("background"))
+    _, bg_labels, bg_onset = clip_windows(audio, False, fe, rng, LABELS.index("background"),
+                                          onset_offsets=OFFSETS)
     assert set(bg_labels[bg_onset].tolist()) == {LABELS.index("background")}
 
 
