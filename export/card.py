@@ -79,7 +79,7 @@ def _onset_windows_text(run: Path) -> str:
         return ""
     return (" Also windows ending " + ", ".join(f"{d:g}" for d in offsets) + " s after the "
             "clip's start (what the daemon's onset windows see), labelled from "
-            f"{cache.get('onset_min_seconds', 0.1):g} s of the clip on.")
+            f"{cache['onset_min_seconds']:g} s of the clip on.")
 
 
 def pooled_row(rots: dict) -> dict | None:

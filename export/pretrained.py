@@ -414,8 +414,9 @@ class Cache:
     @staticmethod
     def load(path: Path) -> "Cache":
         with np.load(path) as d:
+            # caches written before onset windows existed hold none
             onset = d["onset"] if "onset" in d.files else np.zeros(len(d["label"]), bool)
-            return Cache(d["seq"], d["audioset"], d["label"], d["sample"], d["variant"], onset)
+            return Cache(*(d[f] for f in Cache.FIELDS[:-1]), onset)
 
 
 def build_cache(samples: list[Sample], indices, frontend, session, n_variants: int,

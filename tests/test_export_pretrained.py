@@ -123,8 +123,8 @@ def test_onset_windows_see_the_first_fraction_of_a_second():
     # the regular windows are unchanged and keep their order
     np.testing.assert_array_equal(labels[~onset], plain_labels)
     assert logmel[~onset].shape == plain.shape
-    # onset windows sit in time order before the first regular window holding 0.25 s of
-    # the clip (the first window of the regular grid, which starts at the noise's start)
+    # onset windows sit in time order before the first regular window, the one holding
+    # 0.25 s of the clip (extra room noise in front makes room for them)
     idx = np.flatnonzero(onset)
     assert list(idx) == list(range(len(idx)))
     assert PRE_SECONDS + 0.25 == 1.0
