@@ -105,8 +105,8 @@ def load_scores(path: Path, data: Path, group: int, limit: int) -> dict:
 
 def parse_policy(text: str) -> dict:
     """``"0.25:2"`` -> hop 0.25 s, smoothing 2; ``"0.25:3:onset=0.05:span=0.5"`` -> onset
-    windows every 0.05 s for 0.5 s; also ``rise=DB``, ``thr=X`` (every on-threshold at
-    least X) and the ``[events]`` keys ``min=`` / ``cooldown=``."""
+    windows every 0.05 s for 0.5 s; also ``rise=DB``, ``thr=X`` / ``cap=X`` (every on-threshold at
+    least / at most X) and the ``[events]`` keys ``min=`` / ``cooldown=``."""
     parts = text.split(":")
     policy = {"name": text, "hop": float(parts[0]), "smoothing": int(parts[1]),
               "onset_hop": None, "onset_seconds": 1.0, "onset_rise_db": 10.0, "events": {}}
@@ -120,6 +120,8 @@ def parse_policy(text: str) -> dict:
             policy["onset_rise_db"] = float(value)
         elif key == "thr":  # every on-threshold at least this
             policy["threshold_at_least"] = float(value)
+        elif key == "cap":  # every on-threshold at most this
+            policy["threshold_at_most"] = float(value)
         elif key == "min":
             policy["events"]["min_duration_seconds"] = float(value)
         elif key == "cooldown":
@@ -184,6 +186,8 @@ def decide(run: dict, policy: dict, phase: int) -> list[tuple[str, float, float]
     thresholds = dict(meta.thresholds)
     if policy.get("threshold_at_least"):
         thresholds = {k: max(v, policy["threshold_at_least"]) for k, v in thresholds.items()}
+    if policy.get("threshold_at_most"):
+        thresholds = {k: min(v, policy["threshold_at_most"]) for k, v in thresholds.items()}
     tracker = EventTracker(meta.labels, events_cfg, thresholds,
                            background_labels=meta.background_labels)
     out = []

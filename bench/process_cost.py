@@ -54,9 +54,11 @@ def event_digest(stdout: str) -> tuple[int, str]:
     return len(rows), hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def replay(tree: Path, audio: Path, config: Path, pycache: Path) -> dict:
+def replay(tree: Path, audio: Path, config: Path, pycache: Path, model: Path | None = None) -> dict:
+    """One fresh ``replay --stats`` process (``model``: another model file than the shipped one)."""
+    extra = ["--model", str(model)] if model is not None else []
     run = run_child([sys.executable, "-m", "detector", "replay", str(audio), "--stats",
-                     "--config", str(config)], child_env(tree, pycache), cwd=tree)
+                     "--config", str(config), *extra], child_env(tree, pycache), cwd=tree)
     run.check("process_cost")
     match = STATS.search(run.stderr)
     if match is None:

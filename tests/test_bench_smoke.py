@@ -253,3 +253,41 @@ def test_pi_estimate_writes_benchncnn_layouts():
 
     assert ncnn_param("mobilenet_v1").splitlines()[:2] == ["7767517", "112 112"]
     assert ncnn_param("mobilenet_v2").splitlines()[:2] == ["7767517", "219 229"]
+
+
+def test_null_model_keeps_the_contract_and_never_fires(tmp_path):
+    """The floor's null model loads as the shipped one does and its scores fire nothing."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from cost_floor import write_null_model
+
+    from detector.model import Classifier
+
+    shipped = Classifier(None, ["CPUExecutionProvider"], 1)
+    null = Classifier(str(write_null_model(REPO / "detector" / "models" / "default.onnx",
+                                           tmp_path / "null.onnx")), ["CPUExecutionProvider"], 1)
+    assert null.metadata == shipped.metadata
+    window = np.random.default_rng(0).standard_normal(
+        (null.metadata.frames, null.metadata.features.n_mels)).astype(np.float32)
+    scores = null.predict(window)
+    n = len(null.metadata.labels)
+    assert np.allclose(scores, 1.0 / n)
+    assert all(1.0 / n < t for t in null.metadata.thresholds.values())
+
+
+@pytest.mark.slow
+def test_cost_floor_tiny(tmp_path, shared_data):
+    run("cost_floor.py", "--seconds", "3", "--repeats", "1", "--runs", "3", "--rounds", "1",
+        "--chunks", "25", "50", "--name", "tiny", "--out", str(tmp_path), timeout=300)
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    assert set(result["process"]) == {"shipped", "null"}
+    assert result["process"]["null"]["events"] == 0
+    trunk = result["trunk"]
+    assert set(trunk["per_chunk"]) == {"25", "50"}
+    assert all(row["calls"] == 3 for row in trunk["per_chunk"].values())
+    null_ms = result["process"]["null"]["whole_ms_per_audio_second"]
+    assert [row["decide_every_s"] for row in result["floor"]] == [0.25, 0.1, 0.25]
+    assert all(row["floor_ms_per_audio_second"] > null_ms for row in result["floor"])
+    assert (tmp_path / "tiny.png").stat().st_size > 1000
+    assert "null model" in (tmp_path / "tiny.md").read_text()
