@@ -9,7 +9,9 @@ Two measurements, then their sum:
   labels, thresholds, front end) whose graph does no work (one mean of the input; every score
   ``1 / n_labels``, below every threshold, so no events) is replayed like the shipped model:
   fresh ``python -m detector replay FILE --stats`` processes, MQTT off, on the first 1 s and
-  on ``--seconds`` of real recordings (``bench.process_cost``), shipped and null alternated.
+  on ``--seconds`` of real recordings (``bench.process_cost``), shipped and null alternated
+  (both once more with onset windows off, ``model.onset_hop_seconds = 0``, to show what
+  they cost with and without a model).
   What the null row costs is what the daemon costs around its model: interpreter, imports,
   model load, decoding, front end, onset detector, event logic, outputs.
 * **The trunk, each audio frame once.** The frozen mn04 trunk (the CNN every model of this
@@ -170,16 +172,19 @@ def main(argv=None) -> int:
         long_wav, short_wav = tmp / "long.wav", tmp / "short.wav"
         what, samples = write_scene_in_child(args.seconds, [long_wav])
         write_scene_in_child(1.0, [short_wav])
-        config = tmp / "off.toml"
-        config.write_text("[mqtt]\nenabled = false\n[output]\nlog_level = \"warning\"\n")
+        base = "[mqtt]\nenabled = false\n[output]\nlog_level = \"warning\"\n"
+        config, steady_hop = tmp / "off.toml", tmp / "no_onset.toml"
+        config.write_text(base)
+        steady_hop.write_text(base + "[model]\nonset_hop_seconds = 0\n")
         pycache = tmp / "pycache"
-        models = {"shipped": None, "null": null}
+        rows = {"shipped": (None, config), "shipped_no_onset": (None, steady_hop),
+                "null": (null, config), "null_no_onset": (null, steady_hop)}
         replay(REPO, short_wav, config, pycache)  # compile the bytecode once, unmeasured
-        runs = {key: [] for key in models}
+        runs = {key: [] for key in rows}
         for i in range(args.repeats):
-            for key, model in models.items():
-                r = {"short": replay(REPO, short_wav, config, pycache, model),
-                     "long": replay(REPO, long_wav, config, pycache, model)}
+            for key, (model, cfg) in rows.items():
+                r = {"short": replay(REPO, short_wav, cfg, pycache, model),
+                     "long": replay(REPO, long_wav, cfg, pycache, model)}
                 runs[key].append(r)
                 print(f"repeat {i + 1} {key}: startup {r['short']['cpu_seconds']} s, long "
                       f"{r['long']['cpu_seconds']} s, {r['long']['events']} events, load "
@@ -216,7 +221,10 @@ def markdown(r: dict) -> str:
         "| whole process, median over repeats | startup CPU (1 s file) | steady CPU per s "
         "of audio | whole process per s of audio | peak RSS | events |",
         "|---|---|---|---|---|---|"]
-    for key, title in (("shipped", "shipped model"), ("null", "null model (no model work)")):
+    for key, title in (("shipped", "shipped model"),
+                       ("shipped_no_onset", "shipped model, onset windows off"),
+                       ("null", "null model (no model work)"),
+                       ("null_no_onset", "null model, onset windows off")):
         s = p[key]
         lines.append(f"| {title} | {1000 * s['startup_cpu_seconds']:.0f} ms | "
                      f"{s['steady_ms_per_audio_second']:.2f} ms | "
