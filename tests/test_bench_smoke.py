@@ -281,12 +281,13 @@ def test_cost_floor_tiny(tmp_path, shared_data):
     run("cost_floor.py", "--seconds", "3", "--repeats", "1", "--runs", "3", "--rounds", "1",
         "--chunks", "25", "50", "--name", "tiny", "--out", str(tmp_path), timeout=300)
     result = json.loads((tmp_path / "tiny.json").read_text())
-    assert set(result["process"]) == {"shipped", "shipped_no_onset", "null", "null_no_onset"}
+    assert set(result["process"]) == {"shipped", "shipped_no_onset", "null",
+                                      "null_no_onset"}
     assert result["process"]["null"]["events"] == 0
     trunk = result["trunk"]
     assert set(trunk["per_chunk"]) == {"25", "50"}
     assert all(row["calls"] == 3 for row in trunk["per_chunk"].values())
-    null_ms = result["process"]["null"]["whole_ms_per_audio_second"]
+    null_ms = result["process"]["null_no_onset"]["whole_ms_per_audio_second"]
     assert [row["decide_every_s"] for row in result["floor"]] == [0.25, 0.1, 0.25]
     assert all(row["floor_ms_per_audio_second"] > null_ms for row in result["floor"])
     assert (tmp_path / "tiny.png").stat().st_size > 1000
