@@ -11,7 +11,8 @@ Two measurements, then their sum:
   fresh ``python -m detector replay FILE --stats`` processes, MQTT off, on the first 1 s and
   on ``--seconds`` of real recordings (``bench.process_cost``), shipped and null alternated
   (both once more with onset windows off, ``model.onset_hop_seconds = 0``, to show what
-  they cost with and without a model).
+  they cost with and without a model; the shipped one also on the coarser grid of
+  :data:`COARSE`).
   What the null row costs is what the daemon costs around its model: interpreter, imports,
   model load, decoding, front end, onset detector, event logic, outputs.
 * **The trunk, each audio frame once.** The frozen mn04 trunk (the CNN every model of this
@@ -26,8 +27,9 @@ Two measurements, then their sum:
 
 Floor = the null process without onset windows (the least the daemon costs around a model
 deciding every 0.25 s; a finer hop only adds windows) + that trunk, per second of audio,
-against the issue's 1.5 ms target and the shipped model's own row of the same run. Needs the ``[train]`` extra (the trunk is built
-from the released weights with Keras and tf2onnx). Results: ``bench/results/<name>.{json,md,png}``.
+against the issue's 1.5 ms target and the shipped model's own row of the same run. Needs the
+``[train]`` extra (the trunk is built from the released weights with Keras and tf2onnx).
+Results: ``bench/results/<name>.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ from bench.process_cost import replay, summarize  # noqa: E402
 
 TARGET_MS = 1.5
 """The issue's whole-daemon target, ms of CPU per second of audio."""
+COARSE = ("[model]\nwindow_hop_seconds = 0.5\nonset_hop_seconds = 0.1\nonset_seconds = 0.5\n"
+          "[events]\nsmoothing_windows = 2\n")
+"""The CPU-saving decision grid of docs/faq.md (``0.5:2:onset=0.1:span=0.5`` in
+bench/decision_policy.py)."""
 COLUMNS_PER_SECOND = 100
 """Log-mel columns per second of audio (hop 160 at 16 kHz)."""
 
@@ -177,8 +183,11 @@ def main(argv=None) -> int:
         config, steady_hop = tmp / "off.toml", tmp / "no_onset.toml"
         config.write_text(base)
         steady_hop.write_text(base + "[model]\nonset_hop_seconds = 0\n")
+        coarse = tmp / "coarse.toml"  # the CPU-saving grid of docs/faq.md
+        coarse.write_text(base + COARSE)
         pycache = tmp / "pycache"
         rows = {"shipped": (None, config), "shipped_no_onset": (None, steady_hop),
+                "shipped_coarse": (None, coarse),
                 "null": (null, config), "null_no_onset": (null, steady_hop)}
         replay(REPO, short_wav, config, pycache)  # compile the bytecode once, unmeasured
         runs = {key: [] for key in rows}
@@ -224,6 +233,8 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|---|"]
     for key, title in (("shipped", "shipped model"),
                        ("shipped_no_onset", "shipped model, onset windows off"),
+                       ("shipped_coarse", "shipped model, coarse grid (0.5 s hop, onset "
+                        "windows every 0.1 s for 0.5 s, 2-window smoothing)"),
                        ("null", "null model (no model work)"),
                        ("null_no_onset", "null model, onset windows off")):
         s = p[key]

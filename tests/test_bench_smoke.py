@@ -281,7 +281,7 @@ def test_cost_floor_tiny(tmp_path, shared_data):
     run("cost_floor.py", "--seconds", "3", "--repeats", "1", "--runs", "3", "--rounds", "1",
         "--chunks", "25", "50", "--name", "tiny", "--out", str(tmp_path), timeout=300)
     result = json.loads((tmp_path / "tiny.json").read_text())
-    assert set(result["process"]) == {"shipped", "shipped_no_onset", "null",
+    assert set(result["process"]) == {"shipped", "shipped_no_onset", "shipped_coarse", "null",
                                       "null_no_onset"}
     assert result["process"]["null"]["events"] == 0
     trunk = result["trunk"]
