@@ -68,7 +68,7 @@ def stream_windows(classifier, path, seed, config):
               * 10 ** (custom_eval.NOISE_DBFS / 20)).astype(np.float32)
     stream[lead:lead + clip.size] += clip
     return custom.embed_samples(classifier, np.clip(stream, -1, 1), config, name=path.name,
-                                pad_seconds=0.0, min_floor_dbfs=None)
+                                pad_seconds=0.0, min_floor_dbfs=None, onset_windows=True)
 
 
 def fires(head: custom.CustomHead, win, gate: float, smoothing: int) -> bool:

@@ -8,6 +8,7 @@ and told apart from 1 kHz / 3 kHz tones and noise. Black-box where it matters:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -151,6 +152,23 @@ def test_takes_are_also_heard_farther_away_window_for_window(model, audio):
     # where the sound is, the copy is 20 dB quieter (the room floor it is heard in aside)
     assert np.allclose(copy.levels[loud], clip.levels[loud] - 20.0, atol=1.5)
     assert not np.allclose(copy.embeddings[loud], clip.embeddings[loud])
+
+
+def test_every_quieter_copy_keeps_the_windows_of_its_take_with_onset_windows_on(model, audio):
+    """Onset windows are on by default, but a copy 40 dB quieter has no onset: enrolment
+    embeds on the regular grid so no copy is dropped; a replayed stream keeps them."""
+    classifier = Classifier(model)
+    config = Config()
+    assert config.model.onset_hop_seconds > 0
+    for path in audio["takes"]:
+        samples = custom.read_audio(path, 16000)
+        clip = custom.embed_clip(classifier, samples, config, name="t")
+        assert [c.levels.size for c in clip.farther] == [clip.levels.size] * 2
+        plain = custom.embed_samples(classifier, samples, Config(
+            model=dataclasses.replace(config.model, onset_hop_seconds=0.0)))
+        assert clip.levels.size == plain.levels.size
+    streamed = custom.embed_samples(classifier, samples, config, onset_windows=True)
+    assert streamed.levels.size > clip.levels.size  # the daemon's onset windows
 
 
 def test_quieter_copies_are_positives_of_their_own_take():
