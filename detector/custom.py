@@ -57,7 +57,8 @@ FARTHER_DB = (-20.0, -40.0)
 microphone, in a room at :data:`ROOM_FLOOR_DBFS`): users record a take close by, the
 daemon hears the sound from across the room. Without it, knocks enrolled from 5 ESC-50
 clips (loudest window -18 dBFS) fired on 8% of the DCASE office knocks (-52 dBFS); with it
-and :data:`BACKGROUND_FARTHER_DB`, 54% (bench/custom_labels.py, model 1.0.0)."""
+and :data:`BACKGROUND_FARTHER_DB`, 54% (bench/custom_labels.py, model 1.0.0, before onset
+windows; 65% with the daemon's onset windows)."""
 BACKGROUND_FARTHER_DB = (-20.0,)
 """The background set holds its files this much quieter too, so that "quiet" alone
 is not what the head learns as the sound."""

@@ -96,7 +96,7 @@ def test_dcase_knocks_fire(setup, record_property, request):
     else:
         request.applymarker(pytest.mark.xfail(
             reason="model 1.0.0's embedding: the 80% target on DCASE knocks is not met "
-                   "(about half of them fire with the takes also heard farther away)",
+                   "(about two thirds of them fire with the takes also heard farther away)",
             strict=False))
     knocks = [p for p, k in custom_eval.dcase_clips(setup["data"]) if k == "knock"]
     assert len(knocks) == 27
