@@ -13,6 +13,7 @@ import io
 import socket
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -264,7 +265,15 @@ def test_network_failure_is_one_line(tmp_path, capsys, monkeypatch):
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/nothing-listens-here"
     delays = []
-    monkeypatch.setattr(dl.time, "sleep", delays.append)
+    real_sleep, me = time.sleep, threading.current_thread()
+
+    def sleep(seconds):  # time.sleep is global: other tests' threads keep their own sleeps
+        if threading.current_thread() is me:
+            delays.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(dl.time, "sleep", sleep)
     args = argparse.Namespace(dataset="esc50", dest=tmp_path, url=url, md5=None, sha256=None,
                               keep_archive=False, retries=2, timeout=2.0)
     assert dl.run(args) == 2
