@@ -37,6 +37,7 @@ from .datasets import URBANSOUND8K_LABELS, load_urbansound8k
 logger = logging.getLogger(__name__)
 
 SR = 16000
+AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3")
 WINDOW_SECONDS = 1.0
 HOP_SECONDS = 0.25
 PRE_SECONDS = 0.75
@@ -61,7 +62,11 @@ KIND_GROUPS = (
     ("esc50:keyboard_typing", "esc50:door_wood_knock", "sesa:casual", "dcase:speech",
      "dcase:clearthroat", "dcase:laughter"),
 )
-"""Kinds of everyday sound held out together with each fold group (whole kinds, not files)."""
+KIND_GROUPS = tuple(kinds + extra for kinds, extra in zip(KIND_GROUPS, (
+    ("speech_commands_bg:doing_the_dishes",), ("speech_commands_bg:dude_miaowing",),
+    ("speech_commands_bg:exercise_bike",), ("speech_commands_bg:running_tap",))))
+"""Kinds of everyday sound held out together with each fold group (whole kinds, not files).
+A kind of a ``negatives/`` folder not listed here goes to a group by a hash of its name."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,16 @@ def collect(data_root: str | Path, folds=None, limit: int = 0) -> list[Sample]:
                 if path.is_file():
                     kind = f"esc50:{row.get('category') or row.get('kind')}"
                     samples.append(Sample(path, BACKGROUND, kind_group(kind), kind))
+    # every other folder of negatives/: the kind is the file name without a trailing _NN
+    negatives = root / "negatives"
+    others = sorted(p for p in negatives.iterdir() if p.is_dir()
+                    and p.name not in ("dcase2016_office", "esc50")) if negatives.is_dir() else []
+    for folder in others:
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in AUDIO_SUFFIXES:
+                continue
+            kind = f"{folder.name}:" + re.sub(r"[_-]\d+$", "", path.stem)
+            samples.append(Sample(path, BACKGROUND, kind_group(kind), kind))
     return limit_per_kind(samples, limit)
 
 
