@@ -28,12 +28,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Debian installs the broker as /usr/sbin/mosquitto, which a plain user's PATH
+# (/usr/local/bin:/usr/bin:/bin) does not hold; its tools live in /usr/bin.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def mosquitto_binary(name: str = "mosquitto") -> str | None:
+    """The full path of a Mosquitto program (``mosquitto``, ``mosquitto_passwd``), looked
+    up on PATH and then in the sbin folders, or None when it is not installed. Every test
+    and benchmark starts the broker through this, never by a bare name."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS])
+    return shutil.which(name, path=search)
+
+
 class Broker:
     """A real Debian mosquitto on a free loopback port (context manager)."""
 
     def __init__(self):
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
+        exe = mosquitto_binary()
+        if exe is None:
             raise SystemExit("mosquitto is not installed: run scripts/setup-test-deps.sh")
         if threading.current_thread() is threading.main_thread():
             # A terminated bench unwinds its `with Broker()` block instead of orphaning

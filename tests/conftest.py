@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import socket
 import subprocess
 import time
@@ -14,6 +14,20 @@ pytest_plugins = ["pulse"]  # PulseAudio FIFO virtual microphone fixtures (tests
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# One lookup of the broker's programs for tests and benchmarks (bench/_common.py).
+_spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "_common.py")
+_bench_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench_common)
+
+
+def mosquitto_binary(name: str = "mosquitto") -> str:
+    """The full path of ``mosquitto`` (in /usr/sbin on Debian, off a plain user's PATH)
+    or ``mosquitto_passwd``; fails the test with the command that installs it."""
+    exe = _bench_common.mosquitto_binary(name)
+    if exe is None:
+        pytest.fail(f"{name} is not installed: run scripts/setup-test-deps.sh")
+    return exe
 
 
 def free_port() -> int:
@@ -37,10 +51,7 @@ class Mosquitto:
     """A real Debian mosquitto on a free loopback port; restartable on the same port."""
 
     def __init__(self, workdir: Path, port: int | None = None):
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
-            pytest.fail("mosquitto is not installed: run scripts/setup-test-deps.sh")
-        self.exe = exe
+        self.exe = mosquitto_binary()
         self.port = port or free_port()
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.conf.write_text(

@@ -22,7 +22,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from conftest import REPO, free_port, wait_port
+from conftest import REPO, free_port, mosquitto_binary, wait_port
 from onnx_models import make_band_model, write_tone_wav
 
 RESTARTS = 10
@@ -40,7 +40,7 @@ class PersistentBroker:
         self.start()
 
     def start(self):
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         wait_port(self.port)
 

@@ -167,16 +167,17 @@ def test_service_mode_with_microphone_notify_credential_and_control(
     from a real (virtual) microphone, runtime control over ``…/set``, SIGTERM."""
     import getpass
 
-    from conftest import free_port, wait_port
+    from conftest import free_port, mosquitto_binary, wait_port
 
     pwfile = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "sensor", "cred-Pa55"],
+    subprocess.run([mosquitto_binary("mosquitto_passwd"), "-b", "-c", str(pwfile),
+                    "sensor", "cred-Pa55"],
                    check=True, capture_output=True)
     port = free_port()
     bconf = tmp_path / "auth.conf"
     bconf.write_text(f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\n"
                      f"allow_anonymous false\npassword_file {pwfile}\npersistence false\n")
-    broker = subprocess.Popen(["mosquitto", "-c", str(bconf)], stdout=subprocess.DEVNULL,
+    broker = subprocess.Popen([mosquitto_binary(), "-c", str(bconf)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     wait_port(port)
     node = f"svc-{uuid.uuid4().hex[:6]}"

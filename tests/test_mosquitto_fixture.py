@@ -1,8 +1,12 @@
 """The broker fixture is real: a paho client round-trips a retained message."""
 
+import re
 import threading
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
+
+from conftest import REPO
 
 
 def test_retained_roundtrip(mosquitto):
@@ -24,3 +28,28 @@ def test_retained_roundtrip(mosquitto):
     sub.loop_stop()
     sub.disconnect()
     assert seen[0] == ("t/x", b"hello", True)
+
+
+def test_broker_found_on_a_plain_users_path(tmp_path, monkeypatch):
+    """Debian's default PATH for a non-root login has no /usr/sbin, where mosquitto is."""
+    from conftest import Mosquitto, mosquitto_binary
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    exe = mosquitto_binary()
+    assert Path(exe).name == "mosquitto" and Path(exe).is_file()
+    broker = Mosquitto(tmp_path)
+    try:
+        assert broker.proc.poll() is None
+    finally:
+        broker.stop()
+
+
+def test_no_test_or_benchmark_starts_a_bare_mosquitto():
+    """Every broker program is started by its full path from the one lookup."""
+    bare = re.compile(r"""\[\s*["']mosquitto(_passwd|_sub|_pub)?["']""")
+    offenders = [f"{p.relative_to(REPO)}:{n}"
+                 for folder in ("tests", "bench", "scripts")
+                 for p in sorted((REPO / folder).rglob("*.py"))
+                 for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if bare.search(line)]
+    assert offenders == []

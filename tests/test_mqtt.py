@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, Mosquitto, free_port, wait_port
+from conftest import REPO, Mosquitto, free_port, mosquitto_binary, wait_port
 from detector.config import MqttConfig
 from detector.errors import ConfigError
 from detector.mqtt import MqttSink
@@ -260,7 +260,8 @@ def test_last_will_after_kill_9(mosquitto):
 @pytest.fixture
 def auth_broker(tmp_path):
     pwfile = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "alice", "s3cret-Pa55"],
+    subprocess.run([mosquitto_binary("mosquitto_passwd"), "-b", "-c", str(pwfile),
+                    "alice", "s3cret-Pa55"],
                    check=True, capture_output=True)
     port = free_port()
     conf = tmp_path / "auth.conf"
@@ -268,7 +269,7 @@ def auth_broker(tmp_path):
     conf.write_text(f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\n"
                     "allow_anonymous false\n"
                     f"password_file {pwfile}\npersistence false\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "auth.log").open("wb"))
     wait_port(port)
     yield port
@@ -337,7 +338,7 @@ def tls_broker(tmp_path_factory):
                     "allow_anonymous true\npersistence false\n"
                     f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\n"
                     f"keyfile {d / 'server.key'}\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=(d / "broker.log").open("wb"))
     wait_port(port)
     yield port, d / "ca.pem"

@@ -137,7 +137,7 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
-from conftest import Mosquitto, free_port, wait_port  # noqa: E402
+from conftest import Mosquitto, free_port, mosquitto_binary, wait_port  # noqa: E402
 import detector.mqtt as mqtt_module  # noqa: E402
 from detector.metrics import REGISTRY  # noqa: E402
 
@@ -175,7 +175,7 @@ def tls_brokers(tmp_path_factory):
     conf.write_text(f"user {getpass.getuser()}\nallow_anonymous true\npersistence false\n"
                     f"listener {tls} 127.0.0.1\n{tls_files}"
                     f"listener {mtls} 127.0.0.1\n{tls_files}require_certificate true\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=(d / "broker.log").open("wb"))
     wait_port(tls)
     wait_port(mtls)
@@ -236,13 +236,14 @@ def test_refused_authentication_is_logged_once_then_at_a_bounded_rate(tmp_path, 
                                                                       monkeypatch):
     monkeypatch.setattr(mqtt_module, "PROBLEM_REPEAT_SECONDS", 2.5)
     pwfile = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "alice", "right-one"],
+    subprocess.run([mosquitto_binary("mosquitto_passwd"), "-b", "-c", str(pwfile),
+                    "alice", "right-one"],
                    check=True, capture_output=True)
     port = free_port()
     conf = tmp_path / "auth.conf"
     conf.write_text(f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\n"
                     f"allow_anonymous false\npassword_file {pwfile}\npersistence false\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
