@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .errors import ConfigError, DetectorError
+from .errors import ConfigError, DataLossError, DetectorError
 from .sink import Sink
 
 logger = logging.getLogger("detector")
@@ -302,7 +302,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _print_stats(pipeline, time.process_time() - cpu0, time.perf_counter() - wall0, rss0)
     if plot_scores is not None:
         _plot(plot_scores, pipeline, classifier, args.plot)
+    _check_losses(pipeline)
     return 0
+
+
+def _check_losses(pipeline) -> None:
+    """A run that lost events ends with an error (exit 3), after its ERROR lines."""
+    lost = sum(int(getattr(sink, "events_lost", 0) or 0) for sink in pipeline.sinks.sinks)
+    if lost:
+        raise DataLossError(f"{lost} event(s) were lost on the way to MQTT (see the ERROR "
+                            "lines above and sound_detector_events_lost_total)")
 
 
 class _Repeat:

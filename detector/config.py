@@ -300,7 +300,7 @@ class MqttConfig(_Section):
     keepalive_seconds: int = _bounded(30, ge=5, le=3600)
     """MQTT keepalive interval in seconds."""
     queue_max_events: int = _bounded(10000, ge=1, le=10_000_000)
-    """Events kept while the broker is unreachable; the oldest are dropped beyond this (logged)."""
+    """Events kept while the broker is unreachable; the oldest are dropped beyond this (counted as lost)."""
     queue_path: str | None = None
     """SQLite file for the outgoing queue so events survive a restart; unset = in memory."""
     level_interval_seconds: float = _bounded(10.0, ge=0.5, le=3600.0)

@@ -29,3 +29,9 @@ class DeviceError(DetectorError):
 
 class BrokerError(DetectorError):
     """MQTT broker settings or connection problem that stops startup."""
+
+
+class DataLossError(DetectorError):
+    """The run ended, but events were lost on the way (e.g. a full disk)."""
+
+    exit_code = 3

@@ -201,6 +201,16 @@ class Registry:
             "sound_detector_outbox_undeliverable_total",
             "MQTT messages that can never be delivered (e.g. a topic over 65,535 bytes), "
             "moved aside so the rest flow.", kind="counter")
+        self.events_lost = Gauge(
+            "sound_detector_events_lost_total",
+            "Events (messages on …/events) the MQTT outbox lost: dropped when full, or "
+            "refused by a full disk beyond what it holds in memory.", kind="counter")
+        self.outbox_lost = Gauge(
+            "sound_detector_outbox_lost_total",
+            "MQTT outbox messages lost (events, per-label copies and state).", kind="counter")
+        self.outbox_held = Gauge(
+            "sound_detector_outbox_held_messages",
+            "MQTT outbox messages held in memory because the SQLite file refuses writes.")
         self.start_time = Gauge("sound_detector_start_time_seconds",
                                 "Unix time the daemon started.")
         self.start_time.set(time.time())

@@ -189,6 +189,11 @@ class MqttSink(Sink):
         REGISTRY.outbox_dropped.set_function(lambda: float(self.outbox.dropped))
         REGISTRY.mqtt_unacked_seconds.set_function(self._unacked_seconds)
         REGISTRY.outbox_undeliverable.set_function(lambda: float(self.outbox.set_aside_count))
+        REGISTRY.events_lost.set_function(lambda: float(self.outbox.events_lost))
+        REGISTRY.outbox_lost.set_function(lambda: float(self.outbox.lost))
+        REGISTRY.outbox_held.set_function(lambda: float(self.outbox.held))
+        self._diagnostic: str | None = None
+        self.outbox.losses.on_report = self._report_loss
 
     # -- topics -------------------------------------------------------------
     def _t(self, *parts: str) -> str:
@@ -197,6 +202,22 @@ class MqttSink(Sink):
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def events_lost(self) -> int:
+        """Events the outbox lost since start (each also in an ERROR line and a metric)."""
+        return self.outbox.events_lost
+
+    def _report_loss(self, count: int, total: int, reason: str) -> None:
+        """The outbox reported a loss: a retained diagnostic next to ``…/status``."""
+        payload = json.dumps({"time": iso_utc(time.time()), "messages_lost": count,
+                              "messages_lost_total": total,
+                              "events_lost_total": self.outbox.events_lost,
+                              "reason": reason})
+        with self._retained_lock:
+            self._diagnostic = payload
+        if self._connected.is_set():  # otherwise the next (re)connect publishes it
+            self.client.publish(self._t("diagnostic"), payload, qos=1, retain=True)
 
     # -- Sink hooks (pipeline thread) ----------------------------------------
     def start(self, labels: Sequence[str], model_version: str) -> None:
@@ -301,11 +322,16 @@ class MqttSink(Sink):
             self._ack_cond.notify_all()
         if self._delivery:
             self._delivery.join(5)
-        left = len(self.outbox)
+        left = len(self.outbox) - self.outbox.held
         if left:
             where = (f"kept in {self.settings.queue_path} for the next run"
                      if self.settings.queue_path else "lost (set mqtt.queue_path to keep them)")
             logger.warning("MQTT: %d message(s) undelivered at shutdown: %s", left, where)
+        if not self.settings.queue_path and left:
+            events = sum(m.topic.endswith("/events") for m in self.outbox.queued())
+            self.outbox.losses.add(left, events, "the broker was away at shutdown and the "
+                                   "outbox is in memory (mqtt.queue_path unset)")
+        self.outbox.losses.flush()  # say it before "offline", while the diagnostic can go out
         if self._connected.is_set():
             info = self.client.publish(self._t("status"), "offline", qos=1, retain=True)
             try:
@@ -342,8 +368,11 @@ class MqttSink(Sink):
     def _publish_retained(self, client) -> None:
         with self._retained_lock:
             device, states = self._device, dict(self._states)
+            diagnostic = self._diagnostic
         if device is not None:
             client.publish(self._t("device"), device, qos=1, retain=True)
+        if diagnostic is not None:
+            client.publish(self._t("diagnostic"), diagnostic, qos=1, retain=True)
         for label, state in states.items():
             self._publish_latest(client, self._t(self._topics[label], "state"), state)
         self._publish_discovery(client)
@@ -564,7 +593,7 @@ class MqttSink(Sink):
                     continue
                 # rc NO_CONN still leaves the message in paho's queue: it is sent on reconnect
                 if self._wait_ack(info.mid, message.qos):
-                    self.outbox.remove(message.seq)
+                    self.outbox.remove(message)
                     self.delivered += 1
             except Exception:
                 logger.exception("MQTT: delivery loop error; retrying in 1 s")

@@ -47,13 +47,34 @@ def test_fifo_order_and_fields(make_outbox):
 def test_full_outbox_drops_oldest_and_counts(make_outbox, caplog):
     box = make_outbox(max_messages=3)
     with caplog.at_level(logging.WARNING, logger="detector.outbox"):
-        for i in range(5):
-            box.put("t", str(i))
-    assert box.dropped == 2
-    assert [m.payload for m in drain(box)] == [b"2", b"3", b"4"]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2 and "2 dropped in total" in warnings[-1]
-    box.close()
+        for i in range(500):
+            box.put("n/events" if i % 2 else "n/siren/state", str(i))
+    assert box.dropped == 497 and box.lost == 497 and box.events_lost == 248
+    assert [m.payload for m in drain(box)] == [b"497", b"498", b"499"]
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # counted, not logged one by one: the first loss at once, the rest in the interval's line
+    assert len(lines) == 1 and lines[0].levelno == logging.ERROR
+    assert "LOST 1 message(s)" in lines[0].getMessage()
+    box.close()  # the losses not yet reported are reported at shutdown
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2 and "LOST 496 message(s) (248 event(s))" in lines[1]
+    assert "497 message(s) (248 event(s)) lost since start" in lines[1]
+
+
+def test_loss_report_is_one_line_per_interval():
+    from detector.outbox import LossReport
+
+    now = [0.0]
+    seen = []
+    log = logging.getLogger("test.loss")
+    report = LossReport(log, period_seconds=60.0, clock=lambda: now[0],
+                        on_report=lambda count, total, reason: seen.append((count, total)))
+    for step in range(300):  # one loss a second for five minutes
+        now[0] = float(step)
+        report.add(1, 1, "disk full")
+    report.flush()
+    assert seen == [(1, 1), (60, 61), (60, 121), (60, 181), (60, 241), (59, 300)]
+    assert report.total == report.events_total == 300
 
 
 def test_removing_a_dropped_message_is_harmless(make_outbox):
