@@ -540,16 +540,22 @@ many blocks at once makes replay cheaper; the blocks are the same as one read ea
 MAX_DECODE_SAMPLES = 1 << 20
 """Samples (frames x channels) decoded per read at most: 4 MB of float32, so memory
 stays bounded at any rate and channel count."""
+CLIP_WARN_PEAK = 1.0 + 1e-3
+"""A file whose samples exceed this magnitude gets one warning: they are clipped (float
+files may overshoot full scale a little; far beyond it, the file is mis-scaled)."""
 MAX_BLOCK_SECONDS = 1.0
 """Longest block handed to the pipeline (resampler output is split beyond it)."""
 _WAV_PCM_BITS = {1: (8, 16, 24, 32), 3: (32, 64)}  # format tag -> bits per sample
 
 
 def _check_wav_header(path: Path) -> None:
-    """Refuse a RIFF/WAVE header whose bit depth is not one PCM/float WAV uses.
+    """Refuse a RIFF/WAVE header whose bit depth is not one PCM/float WAV uses; warn
+    (one line) when its data chunk claims more bytes than the file holds.
 
     libsndfile reads a header claiming 7 bits as 8-bit audio; such a file is broken
-    or crafted, and its samples would be misread, so it is one line instead.
+    or crafted, and its samples would be misread, so it is one line instead. It
+    also quietly reads a WAV cut short (or whose header claims 4 GB) up to the end
+    of the file: the audio there is still played, and the warning says so.
     """
     import struct
 
@@ -561,16 +567,24 @@ def _check_wav_header(path: Path) -> None:
     if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
         return
     pos = 12
+    bytes_per_second = 0
     while pos + 8 <= len(head):
         chunk, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
         if chunk == b"fmt " and pos + 24 <= len(head):
-            tag, _channels, _rate, _bps, _align, bits = struct.unpack(
+            tag, _channels, _rate, bytes_per_second, _align, bits = struct.unpack(
                 "<HHIIHH", head[pos + 8:pos + 24])
             if tag in _WAV_PCM_BITS and bits not in _WAV_PCM_BITS[tag]:
                 kind = "PCM" if tag == 1 else "float"
                 raise AudioError(f"{path}: WAV header claims {bits} bits per sample, which "
                                  f"{kind} WAV does not use ({', '.join(map(str, _WAV_PCM_BITS[tag]))}); "
                                  "the file is damaged")
+        elif chunk == b"data":
+            held = path.stat().st_size - (pos + 8)
+            if head[:4] == b"RIFF" and size > held and bytes_per_second > 0:
+                logger.warning("%s: the WAV header announces %.2f s of audio but the file holds "
+                               "%.2f s (cut short, or a damaged header); the %.2f s there are "
+                               "processed", path, size / bytes_per_second,
+                               max(0, held) / bytes_per_second, max(0, held) / bytes_per_second)
             return
         pos += 8 + size + (size & 1)
 
@@ -651,6 +665,7 @@ class FileSource(AudioSource):
         self._exhausted = False
         self._flushed = False
         self._nonfinite = 0
+        self._clipped = False
         self._t0: float | None = None
         # Decode the first samples now so a corrupt file fails here, with one line.
         try:
@@ -745,6 +760,15 @@ class FileSource(AudioSource):
                                self.path, first / self.source_rate)
             self._nonfinite += bad
             mono = np.where(finite, mono, np.float32(0.0))
+        peak = float(np.max(np.abs(mono))) if mono.size else 0.0
+        if peak > CLIP_WARN_PEAK and not self._clipped:
+            self._clipped = True
+            first = self._read_frames + int(np.argmax(np.abs(mono) > 1.0))
+            logger.warning("%s: samples outside [-1, 1] (peak %.3g = %+.0f dBFS, first at "
+                           "%.2f s) are clipped to +-1, which distorts what the model hears and "
+                           "the level; scale the file to full scale (float audio stored x%.3g?)",
+                           self.path, peak, 20.0 * np.log10(peak),
+                           first / self.source_rate, peak)
         self._read_frames += len(block)
         return np.clip(mono, -1.0, 1.0, out=np.array(mono, dtype=np.float32, copy=True))
 

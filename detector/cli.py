@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .errors import ConfigError, DataLossError, DetectorError
+from .errors import AudioError, ConfigError, DataLossError, DetectorError
 from .sink import Sink
 
 logger = logging.getLogger("detector")
@@ -298,6 +298,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
                       extra_sinks=[_RssProbe()] if args.stats else [], file_offsets=True)
     cpu0, wall0, rss0 = time.process_time(), time.perf_counter(), _rss_mb()
     _run_pipeline(pipeline)
+    if pipeline.windows == 0:
+        rate = pipeline.params.sample_rate
+        raise AudioError(f"{path}: {pipeline.samples_in / rate:.2f} s of audio is shorter than "
+                         f"one model window ({pipeline.window_span / rate:.2f} s): nothing was "
+                         "processed")
     if args.stats:
         _print_stats(pipeline, time.process_time() - cpu0, time.perf_counter() - wall0, rss0)
     if plot_scores is not None:
