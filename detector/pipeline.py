@@ -244,6 +244,9 @@ class Pipeline:
         self.windows = 0
         """Model windows classified."""
         self.events_out = 0
+        """Event messages emitted (a start and an end per event)."""
+        self.events_started = 0
+        """Events: start messages emitted (what the plot and the log lines count)."""
         """Start/end events emitted."""
         self.samples_in = 0
         """Samples read from the source."""
@@ -349,8 +352,10 @@ class Pipeline:
             for event in self.tracker.flush(end_time):
                 self._emit(event)
             self.sinks.call("close")
-            logger.info("pipeline stopped: %.1f s of audio, %d windows, %d events",
-                        self.samples_in / self.params.sample_rate, self.windows, self.events_out)
+            logger.info("pipeline stopped: %.1f s of audio, %d windows, %d event%s "
+                        "(%d start/end messages)", self.samples_in / self.params.sample_rate,
+                        self.windows, self.events_started,
+                        "" if self.events_started == 1 else "s", self.events_out)
 
     def _clock_now(self) -> float:
         assert self._anchor is not None
@@ -573,6 +578,8 @@ class Pipeline:
         logger.debug("%s %s (score %.2f, peak %.2f)", event["type"], event["label"],
                      event["score"], event["peak_score"])
         self.events_out += 1
+        if event["type"] == "start":
+            self.events_started += 1
         self.sinks.call("event", event)
         if self.record_scores:
             self.events.append(dict(event))

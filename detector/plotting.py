@@ -129,6 +129,23 @@ def choose_labels(scores: np.ndarray, labels: Sequence[str], fired: Sequence[str
     return chosen
 
 
+def heat_cell_edges(times) -> np.ndarray:
+    """``[n + 1]`` edges of the heat map's cells, one cell per window, around its time.
+
+    Windows are not evenly spaced once onset windows are on (extra windows a few
+    hundredths of a second apart at a sound's start, besides the regular hop), so each
+    cell reaches half-way to its neighbours; the first and the last reach as far out as
+    inwards. A curve's point and its heat-map cell sit at the same time.
+    """
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    if t.size == 0:
+        return np.zeros(0)
+    if t.size == 1:
+        return np.array([t[0] - 0.5, t[0] + 0.5])
+    mid = (t[:-1] + t[1:]) / 2.0
+    return np.concatenate([[t[0] - (mid[0] - t[0])], mid, [t[-1] + (t[-1] - mid[-1])]])
+
+
 def plot_scores(times: Sequence[float], scores, labels: Sequence[str],
                 events: Sequence[Mapping], out_png: str | Path, *,
                 thresholds=None, stream_start=None, title: str | None = None,
@@ -202,10 +219,11 @@ def plot_scores(times: Sequence[float], scores, labels: Sequence[str],
     rows = list(np.argsort(-scores.max(axis=0), kind="stable")[:heat_rows]) \
         if scores.size else list(range(heat_rows))
     if times.size:
-        step = float(np.median(np.diff(times))) if times.size > 1 else 1.0
-        extent = (float(times[0]) - step, float(times[-1]), len(rows) - 0.5, -0.5)
-        image = heat.imshow(scores[:, rows].T, aspect="auto", interpolation="nearest",
-                            extent=extent, vmin=0, vmax=1, cmap="viridis")
+        # pcolormesh on the windows' own times: imshow would space them evenly
+        image = heat.pcolormesh(heat_cell_edges(times), np.arange(len(rows) + 1) - 0.5,
+                                scores[:, rows].T, vmin=0, vmax=1, cmap="viridis",
+                                shading="flat")
+        heat.set_ylim(len(rows) - 0.5, -0.5)  # the highest-scoring class on top
         fig.colorbar(image, ax=heat, label="Score", pad=0.01)
     heat.set_yticks(range(len(rows)), [labels[i] for i in rows], fontsize=7)
     for label, t0, t1, _ in spans:

@@ -105,3 +105,40 @@ def test_plot_scores_without_matplotlib_names_the_extra(tmp_path):
                           timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "[analysis] extra" in proc.stdout
+
+
+def test_heat_cells_reach_half_way_between_uneven_window_times():
+    # the regular 0.25 s grid plus onset windows 0.05 s apart at a sound's start
+    times = np.array([0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 1.0, 1.25])
+    edges = plotting.heat_cell_edges(times)
+    assert edges.shape == (times.size + 1,)
+    assert np.all(np.diff(edges) > 0)
+    assert np.all((edges[:-1] < times) & (times < edges[1:]))  # each window in its cell
+    assert np.allclose(edges[1:-1], (times[:-1] + times[1:]) / 2)  # half-way between
+
+
+def test_heat_map_is_drawn_on_the_window_times(tmp_path, monkeypatch):
+    """The demo's case: with onset windows the bright cells sat half a second after the
+    event bar, since an image spaces its columns evenly. The mesh's column edges must
+    put every window's cell around that window's own time."""
+    import matplotlib.axes
+
+    times = np.concatenate([np.arange(1, 45) * 0.25, [9.05, 9.1, 9.15, 9.2]])
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+    scores = np.zeros((times.size, len(LABELS)))
+    scores[(times >= 9.05) & (times <= 9.5), LABELS.index("car_horn")] = 1.0
+    drawn = {}
+    original = matplotlib.axes.Axes.pcolormesh
+
+    def spy(self, x, y, c, *a, **k):
+        drawn.setdefault("x", np.asarray(x))  # the first mesh: the colorbar draws one too
+        drawn.setdefault("c", np.asarray(c))
+        return original(self, x, y, c, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "pcolormesh", spy)
+    plotting.plot_scores(times, scores, LABELS, [], tmp_path / "uneven.png")
+    row = drawn["c"][0]  # car_horn scores highest: the top row
+    bright = np.flatnonzero(row > 0.5)
+    left, right = drawn["x"][bright[0]], drawn["x"][bright[-1] + 1]
+    assert 9.0 <= left <= 9.05 and 9.5 <= right <= 9.625
