@@ -2,7 +2,9 @@
 
 Connection handling (Frigate's pattern minus its bug): ``connect_async`` +
 ``loop_start`` so a daemon started before the broker keeps retrying (paho's
-thread retries the first connection too) with ``reconnect_delay_set(1, 30)``;
+thread retries the first connection too) with a bounded, jittered backoff
+(:func:`reconnect_delay`: 0.5 s doubling up to 4 s, each wait drawn from its upper
+half), so a broker that comes back is reached within 4 s however long it was away;
 a retained last will ``offline`` on ``<prefix>/status``; ``on_connect`` returns
 early on a failure reason code instead of marking the client connected.
 
@@ -21,6 +23,7 @@ import collections
 import json
 import logging
 import math
+import random
 import socket
 import ssl
 import sys
@@ -44,6 +47,18 @@ from .sink import Sink
 
 logger = logging.getLogger(__name__)
 
+
+def reconnect_delay(attempt: int, uniform: Callable[[float, float], float] = random.uniform
+                    ) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0 = the first after a loss).
+
+    The ceiling doubles from :data:`RECONNECT_MIN_SECONDS` to :data:`RECONNECT_MAX_SECONDS`;
+    the wait is drawn from the ceiling's upper half ("equal jitter"), so many daemons that
+    lost the same broker do not all knock at once when it returns.
+    """
+    ceiling = min(RECONNECT_MAX_SECONDS, RECONNECT_MIN_SECONDS * 2.0 ** min(attempt, 16))
+    return uniform(ceiling / 2.0, ceiling)
+
 SCORES_TOP_K = 5
 """How many labels the debug ``scores`` topic carries per window."""
 MESSAGES_PER_EVENT = 3
@@ -54,6 +69,11 @@ PROBLEM_REPEAT_SECONDS = 300.0
 """A connection problem that persists is logged again at most this often."""
 ACK_TIMEOUT_SECONDS = 10.0
 """A connected broker that has not acknowledged a message for this long is reported."""
+RECONNECT_MIN_SECONDS = 0.5
+"""The first wait before reconnecting after a lost connection or a failed attempt."""
+RECONNECT_MAX_SECONDS = 4.0
+"""The longest wait between reconnect attempts: queued events reach a broker that comes
+back within this (plus a connection's round trip), however long it was away."""
 CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST = 60.0, 5
 """Rejected ``…/set`` messages: at most this many warning lines per period."""
 
@@ -160,7 +180,8 @@ class MqttSink(Sink):
         if logger.isEnabledFor(logging.DEBUG):  # paho's own lines only with --debug: it
             # logs routine shutdowns at ERROR; our callbacks report what matters
             self.client.enable_logger(logging.getLogger(__name__ + ".paho"))
-        self.client.reconnect_delay_set(1, 30)
+        self._reconnect_attempt = 0
+        self._schedule_reconnect(reset=True)
         self.client.max_inflight_messages_set(20)
         if settings.username:
             self.client.username_pw_set(settings.username, password or None)
@@ -427,6 +448,7 @@ class MqttSink(Sink):
         return f"{self.settings.host}:{self.settings.port}"
 
     def _on_connect_fail(self, client, userdata) -> None:
+        self._schedule_reconnect()
         # paho calls this inside its ``except OSError`` block: the exception is at hand
         exc = sys.exc_info()[1]
         kind, why = _connect_failure(exc, bool(self.settings.tls))
@@ -495,9 +517,20 @@ class MqttSink(Sink):
         since = self._unacked_since
         return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
+    def _schedule_reconnect(self, reset: bool = False) -> None:
+        """Set paho's next reconnect wait from :func:`reconnect_delay`. paho calls
+        ``on_disconnect`` / ``on_connect_fail`` before it waits, and a wait whose minimum
+        and maximum are equal is exactly that long."""
+        if reset:
+            self._reconnect_attempt = 0
+        delay = reconnect_delay(self._reconnect_attempt)
+        self._reconnect_attempt += 1
+        self.client.reconnect_delay_set(delay, delay)
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._schedule_reconnect(reset=was)
         if self._stop.is_set():
             return
         if was:
