@@ -114,8 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate-config", parents=[common],
                               help="check a config file (and the model it names); "
                               "print OK or the problem")
-    validate.add_argument("path", metavar="PATH")
+    validate.add_argument("path", metavar="PATH",
+                          help="the TOML config to check (e.g. /etc/sound-detector/config.toml)")
     validate.add_argument("--model", metavar="PATH", help="check against this model")
+    validate.add_argument("--custom", metavar="DIR",
+                          help="custom labels the config may name (default: model.custom_dir, "
+                          "else custom/ in $STATE_DIRECTORY, else the installed service's "
+                          "/var/lib/sound-detector/custom when it exists: where the daemon "
+                          "would load them)")
     validate.add_argument("--no-model", action="store_true",
                           help="check the file only, do not load the model")
 
@@ -176,16 +182,22 @@ def _load(args: argparse.Namespace, custom: bool = True):
     return config, classifier
 
 
-def _attach_custom(args, config, classifier) -> None:
-    from .custom import load_custom_dir, resolve_custom_dir
+def _attach_custom(args, config, classifier, service_fallback: bool = False) -> list[str]:
+    """Attach the custom heads the daemon would load; returns their labels. With
+    ``service_fallback`` (validate-config, run from a shell), the installed service's
+    state directory stands in for $STATE_DIRECTORY."""
+    from .custom import load_custom_dir, resolve_custom_dir, service_custom_dir
 
     directory, explicit = resolve_custom_dir(getattr(args, "custom", None), config)
+    if directory is None and service_fallback:
+        directory = service_custom_dir()
     if directory is None:
-        return
+        return []
     heads = load_custom_dir(directory, explicit)
     if len(heads):
         classifier.attach_custom(heads)
         logger.info("custom labels from %s: %s", directory, ", ".join(heads.labels))
+    return list(heads.labels)
 
 
 def _install_signals(stop) -> None:
@@ -481,10 +493,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 model_path = str(Path(args.path).resolve().parent / path)
         classifier = Classifier(model_path, config.model.providers,
                                 config.model.intra_op_threads)
-        _attach_custom(args, config, classifier)
-        check_against_model(config, classifier.metadata)
+        custom = _attach_custom(args, config, classifier, service_fallback=True)
+        try:
+            check_against_model(config, classifier.metadata)
+        except ConfigError as exc:
+            if custom or "does not have" not in str(exc):
+                raise
+            raise ConfigError(f"{exc}; if it is a custom label, name its directory with "
+                              "--custom DIR or model.custom_dir") from None
         meta = classifier.metadata
-        detail = f" (model {meta.model_version}: {len(meta.event_labels)} event labels)"
+        detail = f" (model {meta.model_version}: {len(meta.event_labels)} event labels"
+        detail += f"; custom: {', '.join(custom)})" if custom else ")"
     print(f"OK: {args.path}{detail}")
     return 0
 

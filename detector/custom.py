@@ -197,6 +197,21 @@ class CustomHeads:
         return (1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))).astype(np.float32)
 
 
+SERVICE_STATE_DIRECTORY = Path("/var/lib/sound-detector")
+"""The installed service's state directory (``StateDirectory=sound-detector`` in
+systemd/sound-detector.service): where the service loads ``custom/`` from."""
+
+
+def service_custom_dir() -> Path | None:
+    """``custom/`` in the installed service's state directory when it exists, else None:
+    what the service would load, for commands run from a shell (no $STATE_DIRECTORY)."""
+    path = SERVICE_STATE_DIRECTORY / DIR_NAME
+    try:
+        return path if path.is_dir() else None
+    except OSError:  # not readable by this user
+        return None
+
+
 def default_custom_dir(env: Mapping[str, str] | None = None) -> Path | None:
     """``$STATE_DIRECTORY/custom`` under systemd (the service's state directory), else None."""
     env = os.environ if env is None else env

@@ -269,6 +269,36 @@ def test_state_directory_is_the_default_custom_dir(enrolled, model, audio, tmp_p
     assert custom.default_custom_dir({}) is None
 
 
+def test_validate_config_knows_custom_labels_where_the_daemon_loads_them(
+        enrolled, model, tmp_path, monkeypatch, capsys):
+    """A threshold for a custom label is valid wherever the daemon would find the label:
+    --custom, model.custom_dir, $STATE_DIRECTORY, or (from a shell, where systemd's
+    $STATE_DIRECTORY is unset) the installed service's state directory."""
+    from detector import cli as cli_module
+
+    directory, _ = enrolled
+    conf = tmp_path / "c.toml"
+    conf.write_text('[events]\nthresholds = {chirp = 0.9}\n')
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setattr(custom, "SERVICE_STATE_DIRECTORY", tmp_path / "no-service")
+    assert cli_module.main(["validate-config", str(conf), "--model", str(model)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "'chirp'" in errors[0] and "--custom DIR" in errors[0]
+    res = cli("validate-config", conf, "--model", model, "--custom", directory)
+    assert res.returncode == 0, res.stderr
+    assert "custom: chirp" in res.stdout
+    state = tmp_path / "state"
+    (state / "custom").mkdir(parents=True)
+    for p in directory.glob("*.npz"):
+        (state / "custom" / p.name).write_bytes(p.read_bytes())
+    res = cli("validate-config", conf, "--model", model, env={"STATE_DIRECTORY": str(state)})
+    assert res.returncode == 0, res.stderr
+    # from a shell: no $STATE_DIRECTORY, the service's state directory is looked at
+    monkeypatch.setattr(custom, "SERVICE_STATE_DIRECTORY", state)
+    assert cli_module.main(["validate-config", str(conf), "--model", str(model)]) == 0
+    assert "custom: chirp" in capsys.readouterr().out
+
+
 def test_custom_list_and_remove(enrolled, tmp_path):
     directory, _ = enrolled
     copy = tmp_path / "c"
