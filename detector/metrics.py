@@ -16,9 +16,11 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from .errors import ConfigError
+from .ratelimit import RateLimitedLog
 from .sink import Sink
 
 logger = logging.getLogger(__name__)
+_error_log = RateLimitedLog(logger, 60.0, 5)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TIME_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -188,7 +190,7 @@ class Registry:
         self.mqtt_problems = Counter(
             "sound_detector_mqtt_problems_total",
             "Failed MQTT connection attempts and silent-broker incidents, by reason "
-            "(unreachable, tls, closed, refused, auth, no_puback).", ("reason",))
+            "(unreachable, tls, closed, hung, refused, auth, no_puback).", ("reason",))
         self.mqtt_unacked_seconds = Gauge(
             "sound_detector_mqtt_unacked_seconds",
             "Age of the message waiting for the broker's PUBACK (0 when none).")
@@ -259,8 +261,21 @@ class MetricsSink(Sink):
             def log_message(self, fmt, *args):  # scrapes are not worth a log line
                 logger.debug("metrics %s " + fmt, self.address_string(), *args)
 
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # noqa: ARG002
+                # a scraper that hangs up early (broken pipe, reset) is its own business:
+                # never a traceback on stderr; anything else one rate-limited line
+                import sys
+
+                exc = sys.exc_info()[1]
+                if isinstance(exc, (ConnectionError, TimeoutError)):
+                    logger.debug("metrics: client %s went away (%s)", client_address[0], exc)
+                else:
+                    _error_log.log("metrics: request from %s failed (%s: %s)",
+                                   client_address[0], type(exc).__name__, exc)
+
         try:
-            self._server = ThreadingHTTPServer((settings.host, settings.port), Handler)
+            self._server = Server((settings.host, settings.port), Handler)
         except OSError as exc:
             raise ConfigError(f"metrics: cannot listen on {settings.host}:{settings.port} "
                               f"({exc.strerror or exc}); choose another metrics.port or "

@@ -74,6 +74,9 @@ RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 4.0
 """The longest wait between reconnect attempts: queued events reach a broker that comes
 back within this (plus a connection's round trip), however long it was away."""
+DISCOVERY_RESEND_SECONDS = 30.0
+"""``online`` on ``homeassistant/status`` re-sends discovery at most this often; requests
+in between are answered once, at the end of the interval."""
 CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST = 60.0, 5
 """Rejected ``…/set`` messages: at most this many warning lines per period."""
 
@@ -84,6 +87,12 @@ def _connect_failure(exc: BaseException | None, tls: bool) -> tuple[str, str]:
         return "tls", (f"failed the TLS handshake: certificate check failed "
                        f"({exc.verify_message or exc}); "
                        "check mqtt.ca_file, and that mqtt.host matches the broker certificate")
+    if tls and isinstance(exc, (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
+                                BrokenPipeError)):
+        # a plain MQTT listener reads the TLS ClientHello as garbage and hangs up
+        return "tls", (f"closed the connection during the TLS handshake "
+                       f"({getattr(exc, 'strerror', None) or exc}); is it a plain listener? "
+                       "(set mqtt.tls = false, or use the broker's TLS port, often 8883)")
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or str(exc)
         return "tls", (f"failed the TLS handshake ({reason}); is it a TLS listener, and does "
@@ -162,6 +171,10 @@ class MqttSink(Sink):
         self._control_log = RateLimitedLog(logger, CONTROL_LOG_PERIOD_SECONDS, CONTROL_LOG_BURST)
         self.delivered = 0
         """Outbox messages acknowledged by the broker (since start)."""
+        self._discovery_at: float | None = None  # last re-send asked by Home Assistant
+        self._discovery_timer: threading.Timer | None = None
+        self._discovery_waiting = 0
+        self._discovery_lock = threading.Lock()
 
         if password is None:
             password = settings.password
@@ -338,6 +351,9 @@ class MqttSink(Sink):
                and time.monotonic() < deadline):
             time.sleep(0.05)
         self._stop.set()
+        with self._discovery_lock:
+            if self._discovery_timer is not None:
+                self._discovery_timer.cancel()
         self.outbox.wake()
         with self._ack_cond:
             self._ack_cond.notify_all()
@@ -540,8 +556,15 @@ class MqttSink(Sink):
         if self._refused:
             self._refused = False
             return
-        # closed before CONNACK: a TLS/plain mismatch or a refused client certificate
         detail, self._last_paho_error = self._last_paho_error, ""
+        if getattr(reason_code, "getName", lambda: "")() == "Keep alive timeout":
+            # the TCP connection was accepted, then no CONNACK: a hung broker, not TLS
+            self._report("hung", f"broker {self._where()} accepted the TCP connection but did "
+                         f"not answer the MQTT CONNECT within the keepalive "
+                         f"({self.settings.keepalive_seconds} s); hung or overloaded?",
+                         key="hung:connect")
+            return
+        # closed before CONNACK: a TLS/plain mismatch or a refused client certificate
         detail = f" ({detail})" if detail else ""
         if self.settings.tls:
             hint = ("does it require a client certificate (mqtt.cert_file, mqtt.key_file), "
@@ -563,9 +586,10 @@ class MqttSink(Sink):
     def _on_message(self, client, userdata, message) -> None:
         try:
             if message.topic == f"{self.settings.discovery_prefix}/status":
-                if message.payload.strip().lower() == b"online":
-                    logger.info("MQTT: Home Assistant is online; re-sending discovery")
-                    self._publish_discovery(client)
+                # a retained "online" arrives with every (re)connect, which has just
+                # published discovery: only a live one asks for it again
+                if message.payload.strip().lower() == b"online" and not message.retain:
+                    self._discovery_requested(client)
                 return
             if message.topic.endswith("/config"):
                 self._clear_stale_config(client, message.topic, message.payload)
@@ -577,6 +601,44 @@ class MqttSink(Sink):
                     self._handle_control(message.payload)
         except Exception:  # never let a callback kill paho's network thread
             logger.exception("MQTT: error while handling a message on %s", message.topic)
+
+    def _discovery_requested(self, client) -> None:
+        """Home Assistant came online: re-send discovery now, or, within
+        :data:`DISCOVERY_RESEND_SECONDS` of the last re-send, once at its end."""
+        now = time.monotonic()
+        with self._discovery_lock:
+            last = self._discovery_at
+            if last is None or now - last >= DISCOVERY_RESEND_SECONDS:
+                self._discovery_at = now
+                send = True
+            else:
+                send = False
+                self._discovery_waiting += 1
+                if self._discovery_timer is None and not self._stop.is_set():
+                    self._discovery_timer = threading.Timer(
+                        DISCOVERY_RESEND_SECONDS - (now - last), self._discovery_later, (client,))
+                    self._discovery_timer.daemon = True
+                    self._discovery_timer.start()
+        if send:
+            logger.info("MQTT: Home Assistant is online; re-sending discovery")
+            self._publish_discovery(client)
+        else:
+            logger.debug("MQTT: Home Assistant is online again; discovery re-sent within %.0f s, "
+                         "answered at its end", DISCOVERY_RESEND_SECONDS)
+
+    def _discovery_later(self, client) -> None:
+        with self._discovery_lock:
+            self._discovery_timer = None
+            waiting, self._discovery_waiting = self._discovery_waiting, 0
+            self._discovery_at = time.monotonic()
+        if self._stop.is_set() or not self._connected.is_set():
+            return  # the next connect publishes it anyway
+        logger.info("MQTT: Home Assistant said online %d more time(s); re-sending discovery "
+                    "once (at most every %.0f s)", waiting, DISCOVERY_RESEND_SECONDS)
+        try:
+            self._publish_discovery(client)
+        except Exception:  # a timer thread: one line, never a traceback flood
+            logger.exception("MQTT: re-sending discovery failed")
 
     def _clear_retained_control(self, client) -> None:
         """A retained ``…/set`` would be applied again at every start, over the config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 from detector.config import MqttConfig
@@ -107,3 +108,36 @@ def test_discovery_can_be_switched_off(mosquitto):
         sink.close()
     assert not [t for t, _, _ in rec.messages if t.startswith("noha/") and t != "noha/status"]
     rec.close()
+
+
+def test_a_flood_of_online_messages_resends_discovery_at_a_bounded_rate(mosquitto, caplog,
+                                                                        monkeypatch):
+    import logging
+
+    import detector.mqtt as mqtt_module
+
+    monkeypatch.setattr(mqtt_module, "DISCOVERY_RESEND_SECONDS", 2.0)
+    node = f"flood-{uuid.uuid4().hex[:6]}"
+    disc = f"disc-{uuid.uuid4().hex[:6]}"
+    topic = f"{disc}/binary_sensor/{node}/siren/config"
+    settings = MqttConfig(enabled=True, host="127.0.0.1", port=mosquitto.port, node_id=node,
+                          discovery_prefix=disc)
+    rec = Recorder(mosquitto.port, [f"{disc}/+/{node}/+/config"])
+    sink = MqttSink(settings)
+    with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+        sink.start(["siren"], "v1")
+        try:
+            rec.wait_count(topic, 1)  # at connect
+            for _ in range(1000):
+                rec.client.publish(f"{disc}/status", "online", qos=1)
+            # the flood is answered at once and once more at the end of the interval
+            rec.wait_count(topic, 3, timeout=20)
+            time.sleep(2.5)
+        finally:
+            sink.close()
+    sends = len(rec.payloads(topic))
+    resent = [r for r in caplog.records if "re-sending discovery" in r.getMessage()]
+    rec.close()
+    # at connect, then at most one per 2 s interval while the 1000 messages arrive
+    assert 3 <= sends <= 5, sends
+    assert len(resent) == sends - 1

@@ -92,3 +92,24 @@ def test_port_in_use_is_one_line():
         with pytest.raises(ConfigError) as info:
             MetricsSink(MetricsConfig(enabled=True, port=port), Registry())
     assert f"127.0.0.1:{port}" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_clients_that_hang_up_early_never_print_a_traceback(capfd):
+    import struct
+    import time
+
+    sink = MetricsSink(MetricsConfig(enabled=True, port=0), registry=Registry())
+    try:
+        for _ in range(50):  # request, then a reset (SO_LINGER 0) before the answer is read
+            client = socket.create_connection(("127.0.0.1", sink.port))
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        time.sleep(0.5)
+        # still serving
+        with urllib.request.urlopen(f"http://127.0.0.1:{sink.port}/metrics", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        sink.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err[:2000]

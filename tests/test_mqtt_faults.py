@@ -329,3 +329,31 @@ def test_silent_broker_is_reported_and_clears(fresh_mosquitto, sinks, caplog, mo
         assert any("acknowledges again" in r.getMessage() for r in caplog.records)
     finally:
         os.kill(fresh_mosquitto.proc.pid, signal.SIGCONT)
+
+
+def test_a_broker_hung_before_connack_is_not_called_a_tls_listener(fresh_mosquitto, sinks,
+                                                                    caplog):
+    os.kill(fresh_mosquitto.proc.pid, signal.SIGSTOP)  # TCP still accepted by the kernel
+    try:
+        with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+            sink = MqttSink(settings(fresh_mosquitto.port, keepalive_seconds=5))
+            sinks.append(sink)
+            sink.start(["siren"], "v1")
+            assert _wait(lambda: _problem_lines(caplog, "did not answer the MQTT CONNECT"), 30), \
+                _warnings(caplog)
+        assert not any("TLS" in line for line in _warnings(caplog)), _warnings(caplog)
+    finally:
+        os.kill(fresh_mosquitto.proc.pid, signal.SIGCONT)
+
+
+def test_a_tls_client_on_a_plain_port_is_told_so(fresh_mosquitto, sinks, caplog, tmp_path):
+    ca = tmp_path / "ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=test-ca", "-keyout", str(tmp_path / "ca.key"), "-out", str(ca)],
+                   check=True, capture_output=True)
+    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+        sink = MqttSink(settings(fresh_mosquitto.port, tls=True, ca_file=str(ca)))
+        sinks.append(sink)
+        sink.start(["siren"], "v1")
+        assert _wait(lambda: _problem_lines(caplog, "plain listener"), 20), _warnings(caplog)
+    assert "mqtt.tls = false" in _problem_lines(caplog, "plain listener")[0]
