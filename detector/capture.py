@@ -21,9 +21,14 @@ machine without the PortAudio library.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import queue
+import re
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -159,6 +164,46 @@ def _rate_supported(sd, device: int, rate: int, channels: int) -> bool:
         return False
 
 
+NATIVE_NOISE = re.compile(r"^(ALSA lib |Expression '|Cannot connect to server|jack|JackShm|"
+                          r"PaAlsa|pa_|snd_|Cannot lock down|connect\(2\) call)")
+"""Lines PortAudio and ALSA write straight to the process's stderr (file descriptor 2)
+while they enumerate devices: a dozen per attempt, useless in the journal."""
+
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr_captured(noise: list[str]):
+    """Send file descriptor 2 to a temporary file for the block; afterwards, lines that
+    match :data:`NATIVE_NOISE` are appended to ``noise`` (the caller counts and
+    summarises them) and every other line (another thread's log line, say) is written
+    back to stderr unchanged."""
+    with _stderr_lock:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            yield
+            return
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                other = []
+                for line in capture.read().decode("utf-8", "replace").splitlines():
+                    (noise if NATIVE_NOISE.match(line) else other).append(line)
+                if other:
+                    with contextlib.suppress(OSError, ValueError):
+                        sys.stderr.write("\n".join(other) + "\n")
+                        sys.stderr.flush()
+
+
 def rescan_devices() -> None:
     """Re-initialise PortAudio so devices plugged in (or removed) since it started are
     seen. Only call it while no stream is open."""
@@ -236,6 +281,8 @@ class MicSource(AudioSource):
     """First wait between reconnect attempts; doubles up to reconnect_max_backoff_seconds."""
     CARD_POLL_SECONDS = 0.25
     """How often /proc/asound/cards is checked for a re-plugged card while waiting."""
+    STILL_MISSING_LOG_SECONDS = 3600.0
+    """While the device stays away, one line with the count of attempts this often."""
 
     def __init__(self, settings: "AudioConfig", target_rate: int,
                  on_status: Callable[[str], None] | None = None):
@@ -457,7 +504,8 @@ class MicSource(AudioSource):
                     continue
                 reason = ("stream stopped" if not active
                           else f"no audio for {now - last_change:.1f} s")
-                logger.warning("audio input %r lost (%s); reconnecting", self.device_name, reason)
+                logger.warning("audio input %r lost (%s); retrying quietly until it is back",
+                               self.device_name, reason)
                 self._report("lost")
                 self._close_stream()
                 if not self._reconnect():
@@ -480,21 +528,38 @@ class MicSource(AudioSource):
         max_delay = float(self.settings.reconnect_max_backoff_seconds)
         delay = min(self.FIRST_BACKOFF_SECONDS, max_delay)
         attempt = 0
+        started = last_note = time.monotonic()
+        suppressed = 0
         while not self._stop.is_set():
             attempt += 1
             began = time.monotonic()
             cards = _sound_cards()
+            noise: list[str] = []
             try:
                 # Re-scan: PortAudio enumerates devices only at initialisation, so a
                 # re-plugged USB microphone is invisible until it is re-initialised.
-                rescan_devices()
-                self._open()
+                # PortAudio/ALSA print a dozen lines to stderr per scan: counted instead.
+                with native_stderr_captured(noise):
+                    rescan_devices()
+                    self._open()
                 self.reconnects += 1
-                logger.info("audio input re-opened after %d attempt(s)", attempt)
+                suppressed += len(noise)
+                logger.info("audio input back after %.0f s and %d attempt(s)%s",
+                            time.monotonic() - started, attempt,
+                            f" ({suppressed} PortAudio/ALSA messages suppressed)"
+                            if suppressed else "")
                 return True
             except (DeviceError, sd.PortAudioError) as exc:
-                log = logger.info if attempt == 1 else logger.debug
-                log("audio input not available yet (%s); retrying in %.1f s", exc, delay)
+                suppressed += len(noise)
+                for line in noise:
+                    logger.debug("PortAudio/ALSA: %s", line)
+                logger.debug("audio input not available yet (%s); retrying in %.1f s",
+                             exc, delay)
+                if began - last_note >= self.STILL_MISSING_LOG_SECONDS:
+                    last_note = began
+                    logger.warning("audio input still missing after %.0f min: %d attempt(s), "
+                                   "%d PortAudio/ALSA messages suppressed (last: %s)",
+                                   (began - started) / 60, attempt, suppressed, exc)
             next_attempt = began + delay
             while not self._stop.is_set():
                 remaining = next_attempt - time.monotonic()
