@@ -40,11 +40,48 @@ def setup_logging(level: str = "info") -> None:
     for handler in list(root.handlers):
         if getattr(handler, "_sound_detector", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
     handler._sound_detector = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+
+
+_held: list[logging.LogRecord] | None = None
+"""While a command starts: its log records, held so that a failing start prints its
+error line alone (see :func:`hold_logs`)."""
+
+
+class _Handler(logging.StreamHandler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if _held is not None:
+            _held.append(record)
+            return
+        super().emit(record)
+
+
+def hold_logs() -> None:
+    """Hold log lines until :func:`release_logs`: a command that fails while starting
+    (a bad config, a busy outbox) prints its one error line and nothing else."""
+    global _held
+    if _held is None:
+        _held = []
+
+
+def release_logs(failed: bool = False) -> None:
+    """Print the held lines (those still at or above the log level), or after a failed
+    start only its warnings and errors."""
+    global _held
+    records, _held = _held, None
+    if not records:
+        return
+    root = logging.getLogger()
+    handlers = [h for h in root.handlers if getattr(h, "_sound_detector", False)]
+    for record in records:
+        if record.levelno < root.level or (failed and record.levelno < logging.WARNING):
+            continue
+        for handler in handlers:
+            handler.handle(record)
 
 
 # --------------------------------------------------------------------------- parser
@@ -221,6 +258,7 @@ def _install_signals(stop) -> None:
 
 def _run_pipeline(pipeline) -> None:
     _install_signals(pipeline.stop)
+    release_logs()  # started: from here on lines go out as they come
     pipeline.start()
     while not pipeline.join(0.25):
         pass
@@ -535,13 +573,23 @@ COMMANDS = {"run": cmd_run, "replay": cmd_replay, "devices": cmd_devices, "confi
             "enroll": cmd_enroll, "custom": cmd_custom}
 
 
+HELD_START = ("run", "replay", "validate-config")
+"""Commands whose start-up log lines are held until they are running (or printed
+without their info lines when the start fails)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging("debug" if args.debug else "info")
+    if args.command in HELD_START and not args.debug:
+        hold_logs()
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        release_logs()
+        return code
     except DetectorError as exc:
+        release_logs(failed=True)
         message = " ".join(str(exc).split())  # one line, always
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return exc.exit_code
@@ -553,3 +601,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 0
+    finally:
+        release_logs()  # a no-op unless something unexpected ended the start

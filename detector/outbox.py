@@ -33,6 +33,7 @@ counted (:attr:`Outbox.lost`, :attr:`Outbox.events_lost`) and reported by
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -304,8 +305,10 @@ class SqliteOutbox(Outbox):
         self._undeleted: set[int] = set()  # delivered rows whose delete failed
         self._failing: str | None = None  # why the last write failed, None while writes work
         self._retry_at = 0.0
+        self._lock_fd: int | None = None
         try:
             private_dir(self.path.parent)
+            self._lock_fd = _lock(self.path)
             private_file(self.path)  # SQLite gives its -wal/-shm files the database's mode
             for suffix in ("-wal", "-shm"):
                 extra = self.path.with_name(self.path.name + suffix)
@@ -328,6 +331,7 @@ class SqliteOutbox(Outbox):
             pending = self._disk_count()
             aside = self._count_aside()
         except (OSError, sqlite3.Error) as exc:
+            self._unlock()
             raise ConfigError(f"mqtt.queue_path={str(self.path)!r} cannot be used as an SQLite "
                               f"queue ({exc}); point it at a writable file, e.g. "
                               "/var/lib/sound-detector/outbox.sqlite") from None
@@ -523,6 +527,38 @@ class SqliteOutbox(Outbox):
                 self._db.close()
             except self._sqlite_error:  # pragma: no cover - closing twice / disk gone
                 logger.exception("closing MQTT outbox %s", self.path)
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
+
+def _lock(path: Path) -> int:
+    """Take ``<path>.lock`` for this process (flock, released when the process ends,
+    even by SIGKILL); a second daemon on the same outbox is refused in one line."""
+    import fcntl
+
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise ConfigError(f"mqtt.queue_path={str(path)!r} is in use by another running "
+                          f"sound-detector (pid {owner}, lock {lock_path.name}); one outbox "
+                          "serves one daemon: stop the other one, or give this one its own "
+                          "queue_path and client_id") from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
 
 
 def warn_low_space(directory: Path, key: str, consequence: str,

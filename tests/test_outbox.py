@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import pytest
@@ -146,3 +147,17 @@ def test_unusable_queue_path_is_one_line(tmp_path):
         open_outbox(10, str(not_sqlite))
     with pytest.raises(ConfigError, match="queue_max_events"):
         open_outbox(0)
+
+
+def test_a_second_daemon_on_the_same_outbox_is_refused_in_one_line(tmp_path):
+    """The lock is taken per open file description, so two outboxes in one process
+    behave like two processes; the daemon-level test is in test_outbox_faults.py."""
+    path = tmp_path / "q" / "outbox.sqlite"
+    first = SqliteOutbox(path, 10)
+    with pytest.raises(ConfigError) as info:
+        SqliteOutbox(path, 10)
+    message = str(info.value)
+    assert "in use by another running sound-detector" in message and "\n" not in message
+    assert f"pid {os.getpid()}" in message
+    first.close()  # released: the next daemon may take it
+    SqliteOutbox(path, 10).close()

@@ -87,3 +87,35 @@ def test_daemon_killed_between_enqueue_and_puback_loses_nothing(fresh_mosquitto,
     with sqlite3.connect(queue) as db:
         assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     rec.close()
+
+
+def test_a_second_daemon_with_the_same_config_is_refused_in_one_line(mosquitto, tmp_path):
+    model = make_band_model(tmp_path / "tiny.onnx")
+    node = f"twice-{uuid.uuid4().hex[:6]}"
+    queue = tmp_path / "state" / "outbox.sqlite"
+    conf = write_config(tmp_path / "c.toml", mosquitto.port, node, f"ha-{node}",
+                        mqtt__queue_path=f'"{queue}"')
+    wav = write_tone_wav(tmp_path / "tones.wav", [(0.5, 1.5, SIREN)], seconds=60.0)
+    first = daemon("replay", wav, "--realtime", "--model", model, "--config", conf)
+    try:
+        deadline = time.monotonic() + 30
+        while not (queue.parent / "outbox.sqlite.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        second = daemon("replay", wav, "--model", model, "--config", conf)
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 2
+        assert out == ""
+        assert err.splitlines() == [
+            f"sound-detector: error: mqtt.queue_path={str(queue)!r} is in use by another "
+            f"running sound-detector (pid {first.pid}, lock outbox.sqlite.lock); one outbox "
+            "serves one daemon: stop the other one, or give this one its own queue_path and "
+            "client_id"]
+        assert first.poll() is None  # the first one is untouched
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+    # SIGKILL released the lock: the next daemon starts
+    third = daemon("replay", wav, "--model", model, "--config", conf)
+    third.communicate(timeout=120)
+    assert third.returncode == 0
