@@ -167,13 +167,31 @@ def test_install_and_uninstall_into_a_staging_root(source_copy, tmp_path, mosqui
 
     # a second install never overwrites the config the user edited
     conf.write_text(conf.read_text().replace('host = "broker.lan"', 'host = "edited.lan"'))
+    pip_args = ["--pip-args", "--no-deps --no-build-isolation --no-index"]
     again = run_script(source_copy / "scripts" / "install.sh", "--prefix", str(root),
                        "--source", str(source_copy), "--no-apt", "--no-validate",
-                       "--pip-args", "--no-deps --no-build-isolation --no-index")
+                       "--mqtt-host", "other.lan", *pip_args)
     assert again.returncode == 0, again.stderr
     assert "keeping the existing" in again.stdout
+    # ... and says which options it did not apply
+    assert "NOT applied, because a config exists: --mqtt-host other.lan" in again.stdout
     assert load_config(conf, env={}).mqtt.host == "edited.lan"
     assert cred.read_text() == "broker-secret\n"
+
+    # an upgrade whose config fails validation changes nothing (checked before apt/pip)
+    edited = conf.read_text()
+    conf.write_text(edited.replace("port = 1884", "port = 0"))
+    unit_before = unit.stat().st_mtime_ns
+    venv_before = (root / "opt/sound-detector/venv/bin/sound-detector").stat().st_mtime_ns
+    bad = run_script(source_copy / "scripts" / "install.sh", "--prefix", str(root),
+                     "--source", str(source_copy), "--no-apt", "--update-config",
+                     "--mqtt-host", "other.lan", *pip_args)
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "mqtt.port=0" in bad.stderr and "nothing was changed" in bad.stderr
+    assert unit.stat().st_mtime_ns == unit_before
+    assert exe.stat().st_mtime_ns == venv_before
+    assert 'host = "edited.lan"' in conf.read_text()
+    conf.write_text(edited)
 
     # the installed unit passes systemd-analyze verify as written (ExecStart is the
     # staged venv's sound-detector), and verify really checks it: without it, it fails
