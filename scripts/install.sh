@@ -172,6 +172,14 @@ fi
 # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check $PIP_ARGS "$SOURCE"
 [ -x "$VENV/bin/sound-detector" ] || die "pip did not install the sound-detector command"
+# `sudo sound-detector enroll ...` works: /usr/local/bin is on sudo's secure_path
+install -d -m 755 "$PREFIX/usr/local/bin"
+ln -sfn /opt/sound-detector/venv/bin/sound-detector "$PREFIX/usr/local/bin/sound-detector"
+# the unit's Documentation= (systemctl help sound-detector) and offline reading
+if [ -d "$SOURCE/docs" ]; then
+  install -d -m 755 "$OPT/docs"
+  cp -r "$SOURCE/docs/." "$OPT/docs/"
+fi
 
 if [ "$VALIDATE" -eq 1 ] && [ "$VALIDATED" -eq 0 ]; then
   step "validate-config"

@@ -45,13 +45,18 @@ if [ "$HA_REMOVE" -eq 1 ] && [ -x "$BIN" ] && [ -f "$CONF" ]; then
   if grep -Eq '^[[:space:]]*enabled[[:space:]]*=[[:space:]]*true' <(sed -n '/^\[mqtt\]/,/^\[/p' "$CONF"); then
     # the credential install.sh wrote is read as systemd would hand it to the service
     if ! CREDENTIALS_DIRECTORY="$PREFIX/etc/sound-detector" "$BIN" homeassistant --remove --config "$CONF"; then
-      echo "uninstall.sh: warning: could not remove the node from the broker (see above);" \
-           "run 'sound-detector homeassistant --remove --config FILE' later" >&2
+      # keep the program that can still do it: the service is stopped and disabled
+      die "could not remove the node from the broker (see above); the service is" \
+          "stopped and its unit removed, the program kept: run uninstall.sh again once" \
+          "the broker is reachable, or add --keep-homeassistant to leave the node there"
     fi
   fi
 fi
 
 rm -rf "$PREFIX/opt/sound-detector"
+if [ -L "$PREFIX/usr/local/bin/sound-detector" ]; then
+  rm -f "$PREFIX/usr/local/bin/sound-detector"  # the link install.sh made
+fi
 echo "removed the service ($UNIT) and $PREFIX/opt/sound-detector"
 
 if [ "$PURGE" -eq 1 ]; then

@@ -138,6 +138,8 @@ def test_install_and_uninstall_into_a_staging_root(source_copy, tmp_path, mosqui
     unit = root / "etc/systemd/system/sound-detector.service"
     assert os.access(exe, os.X_OK)
     assert unit.read_text() == UNIT.read_text()
+    link = root / "usr/local/bin/sound-detector"  # `sudo sound-detector …` on sudo's PATH
+    assert os.readlink(link) == "/opt/sound-detector/venv/bin/sound-detector"
     assert stat.S_IMODE(conf.stat().st_mode) == 0o644
     assert stat.S_IMODE(cred.stat().st_mode) == 0o600
     assert cred.read_text() == "broker-secret\n"
@@ -233,6 +235,7 @@ def test_install_and_uninstall_into_a_staging_root(source_copy, tmp_path, mosqui
     assert retained_all(mosquitto.port, "sound-detector/garden/#") == {}
     assert f"{root}/opt/sound-detector" in out.stdout  # paths as they are, with the prefix
     assert not (root / "opt/sound-detector").exists() and not unit.exists()
+    assert not os.path.lexists(link)
     assert conf.exists() and cred.exists(), "config is kept without --purge"
     out = run_script(source_copy / "scripts" / "uninstall.sh", "--prefix", str(root), "--purge")
     assert out.returncode == 0, out.stderr
