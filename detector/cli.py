@@ -196,12 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
-def _load(args: argparse.Namespace, custom: bool = True):
-    """Config and classifier; with ``custom`` the custom labels are attached."""
+def _load(args: argparse.Namespace, custom: bool = True, runtime: bool = False):
+    """Config and classifier; with ``custom`` the custom labels are attached; with
+    ``runtime`` everything the daemon's outputs would refuse is checked first."""
+    from .checks import check_runtime
     from .config import load_config
     from .model import Classifier, check_against_model
 
     config = load_config(args.config)
+    if runtime:
+        check_runtime(config)
     if getattr(args, "device", None) is not None:
         config = replace(config, audio=replace(config.audio, device=args.device))
     if not args.debug:
@@ -314,7 +318,7 @@ def _build(config, classifier, source_factory, *, live: bool, stdout: bool | Non
 def cmd_run(args: argparse.Namespace) -> int:
     from .capture import MicSource
 
-    config, classifier = _load(args)
+    config, classifier = _load(args, runtime=True)
 
     def source(rate, on_status):
         return MicSource(config.audio, rate, on_status=on_status)
@@ -329,7 +333,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .capture import DEMO_CLIP, FileSource
 
     plot_scores = _plotter() if args.plot else None  # fail before a long replay, not after
-    config, classifier = _load(args)
+    config, classifier = _load(args, runtime=True)
     path = Path(args.file) if args.file else DEMO_CLIP
     if args.file is None and not path.exists():
         raise ConfigError(f"the bundled demo clip {path.name} is missing; pass FILE")
@@ -517,9 +521,11 @@ def cmd_homeassistant(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .checks import check_runtime
     from .config import load_config
 
     config = load_config(args.path)
+    check_runtime(config)  # the same checks as run and replay: they agree on every config
     detail = ""
     if not args.no_model:
         from .model import Classifier, check_against_model

@@ -286,11 +286,11 @@ class MqttConfig(_Section):
     password: str | None = _bounded(None, secret=True)
     """Broker password; prefer password_file, $SOUND_DETECTOR_MQTT_PASSWORD or the systemd credential mqtt_password (never logged)."""
     password_file: str | None = None
-    """File holding the broker password (first line; must not be world-readable)."""
+    """File holding the broker password (first line; must not be world-readable); relative to the config file."""
     tls: bool = False
     """Connect with TLS (server certificate and host name verified)."""
     ca_file: str | None = None
-    """CA bundle for the broker certificate; unset = the system CAs."""
+    """CA bundle (PEM) for the broker certificate (relative to the config file); unset = the system CAs."""
     cert_file: str | None = None
     """Client certificate (PEM) for mutual TLS."""
     key_file: str | None = None
@@ -302,7 +302,7 @@ class MqttConfig(_Section):
     queue_max_events: int = _bounded(10000, ge=1, le=10_000_000)
     """Events kept while the broker is unreachable; the oldest are dropped beyond this (counted as lost)."""
     queue_path: str | None = None
-    """SQLite file for the outgoing queue so events survive a restart; unset = in memory."""
+    """SQLite file for the outgoing queue so events survive a restart (relative to the config file); unset = in memory."""
     level_interval_seconds: float = _bounded(10.0, ge=0.5, le=3600.0)
     """Seconds between sound-level messages (0.5..3600)."""
     homeassistant_discovery: bool = True
@@ -346,7 +346,7 @@ class ClipsConfig(_Section):
     enabled: bool = False
     """Save every event as a FLAC clip (its path is added to the end event as "clip")."""
     directory: str = "clips"
-    """Directory for clips (relative paths are relative to the working / state directory)."""
+    """Directory for clips; a path set in a config file is relative to that file, the default "clips" to the working (state) directory."""
     pre_roll_seconds: float = _bounded(2.0, ge=0.0, le=60.0)
     """Audio kept before the event start, in seconds."""
     post_roll_seconds: float = _bounded(2.0, ge=0.0, le=60.0)
@@ -553,6 +553,7 @@ def load_config(path: str | os.PathLike | None = None,
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+    data = _paths_from(data, path.resolve().parent)
     mqtt = data.get("mqtt")
     if isinstance(mqtt, Mapping) and mqtt.get("password") and _world_readable(path):
         raise ConfigError(
@@ -562,6 +563,33 @@ def load_config(path: str | os.PathLike | None = None,
         return config_from_dict(data, str(path), env)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+PATH_KEYS: dict[str, tuple[str, ...]] = {
+    "mqtt": ("password_file", "queue_path", "ca_file", "cert_file", "key_file"),
+    "clips": ("directory",),
+}
+"""File and folder keys that a config file names relative to itself (``model.path`` and
+``model.custom_dir`` are resolved the same way where they are used)."""
+
+
+def _paths_from(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """``data`` with the relative paths of :data:`PATH_KEYS` it sets made absolute from
+    ``base`` (the config file's folder), never from the working directory."""
+    out = dict(data)
+    for section, keys in PATH_KEYS.items():
+        table = out.get(section)
+        if not isinstance(table, Mapping):
+            continue
+        table = dict(table)
+        for key in keys:
+            value = table.get(key)
+            if isinstance(value, str) and value.strip():
+                expanded = Path(value).expanduser()
+                if not expanded.is_absolute():
+                    table[key] = str(base / expanded)
+        out[section] = table
+    return out
 
 
 def field_docs(cls: type) -> list[tuple[str, str, str]]:
