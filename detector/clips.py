@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .private import private_dir, private_file
+from .ratelimit import RateLimitedLog
 from .sink import Sink
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,11 @@ class ClipSink(Sink):
         self._next_key = 0
         self._last_time: float | None = None
         self._jobs: queue.Queue = queue.Queue()
+        self._broken: set[int] = set()  # clips whose open or write failed (writer thread)
+        self._error_log = RateLimitedLog(logger, 60.0, 5, level=logging.ERROR)
+        self.failed = 0
+        """Clips dropped because a write failed (a full or read-only disk)."""
+        self._remove_leftovers()
         self.written: list[Path] = []
         """Clips finished by this sink (in order)."""
         self._writer = threading.Thread(target=self._write_loop, name="clip-writer", daemon=True)
@@ -98,6 +104,27 @@ class ClipSink(Sink):
         self._jobs.put(("retention",))
         logger.info("clips: saving events as FLAC in %s (pre-roll %.1f s, post-roll %.1f s)",
                     self.directory, settings.pre_roll_seconds, settings.post_roll_seconds)
+
+    def _remove_leftovers(self) -> None:
+        """Unfinished clips of an earlier run (``.<name>.flac.part``): a crash or a full
+        disk left them; they are never renamed, so they go."""
+        removed = 0
+        for part in self.directory.glob(".*.flac.part"):
+            try:
+                part.unlink()
+                removed += 1
+            except OSError as exc:
+                logger.warning("clips: cannot remove the unfinished %s: %s", part.name,
+                               exc.strerror or exc)
+        if removed:
+            logger.info("clips: removed %d unfinished clip(s) (.part) left by an earlier run",
+                        removed)
+
+    def _sync(self, timeout: float = 1.0) -> None:
+        """Wait (bounded) until the writer has done the jobs queued so far."""
+        done = threading.Event()
+        self._jobs.put(("sync", done))
+        done.wait(timeout)
 
     # -- pipeline thread -------------------------------------------------------
     def audio(self, block: np.ndarray, now: float) -> None:
@@ -162,7 +189,15 @@ class ClipSink(Sink):
                 return
             end = _parse_time(event.get("end")) or self._last_time or time.time()
             clip.finish_at = end + self.settings.post_roll_seconds
-            if isinstance(event, dict):
+            # the audio up to the end is final: write it now, so a disk that refuses the
+            # clip has said so before the end event names it
+            while clip.pending and (clip.pending[0][0] + clip.pending[0][1].shape[0]
+                                    / self.sample_rate <= end):
+                self._jobs.put(("write", clip.key, clip.pending.popleft()[1]))
+            self._sync()
+            # named only while it is being written: a clip whose file could not be
+            # opened or written (full disk) is not announced
+            if isinstance(event, dict) and clip.key not in self._broken:
                 event["clip"] = str(clip.path)
             if self._last_time is not None and self._last_time >= clip.finish_at:
                 self._finish(clip)
@@ -194,14 +229,19 @@ class ClipSink(Sink):
         import soundfile as sf
 
         files: dict[int, sf.SoundFile] = {}
+        parts: dict[int, Path] = {}
         broken: set[int] = set()
         while True:
             job = self._jobs.get()
             if job is None:
                 break
             kind = job[0]
+            if kind == "sync":
+                job[1].set()
+                continue
             try:
                 if kind == "open":
+                    parts[job[1]] = job[2]
                     private_file(job[2])  # libsndfile would create it with the umask's mode
                     files[job[1]] = sf.SoundFile(str(job[2]), "w", samplerate=self.sample_rate,
                                                  channels=1, format="FLAC", subtype="PCM_16")
@@ -210,6 +250,7 @@ class ClipSink(Sink):
                         files[job[1]].write(np.clip(job[2], -1.0, 1.0))
                 elif kind == "close":
                     handle = files.pop(job[1], None)
+                    parts.pop(job[1], None)
                     if handle is not None:
                         handle.close()
                         os.replace(job[2], job[3])
@@ -222,12 +263,22 @@ class ClipSink(Sink):
                 key = job[1] if len(job) > 1 and isinstance(job[1], int) else None
                 if key is not None and key not in broken:
                     broken.add(key)
-                    logger.error("clips: %s failed (%s); this clip is dropped", kind, exc)
+                    self._broken.add(key)
+                    self.failed += 1
+                    self._error_log.log("clips: %s failed (%s); this clip is dropped (%d so far)",
+                                        kind, str(exc).strip().splitlines()[0] if str(exc)
+                                        else type(exc).__name__, self.failed)
                     handle = files.pop(key, None)
                     if handle is not None:
                         try:
                             handle.close()
                         except Exception:
+                            pass
+                    part = parts.pop(key, None)
+                    if part is not None:  # no half-written file left behind
+                        try:
+                            Path(part).unlink(missing_ok=True)
+                        except OSError:
                             pass
                 elif key is None:
                     logger.exception("clips: %s failed", kind)

@@ -151,3 +151,54 @@ def test_disk_error_while_writing_is_logged_not_fatal(tmp_path, caplog):
     assert len(errors) == 1 and "this clip is dropped" in errors[0]
     data, _ = sf.read(good["clip"], dtype="float32")  # the next clip is fine
     np.testing.assert_allclose(data, audio[int(3.5 * SR):int(4.0 * SR)], atol=1 / 32768 + 1e-7)
+
+
+def test_leftover_part_files_are_removed_at_start(tmp_path, caplog):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / ".20260101T000000Z_siren_abc.flac.part").write_bytes(b"half")
+    (clips / "20260101T000000Z_siren_abc.flac").write_bytes(b"kept")  # a finished clip
+    with caplog.at_level("INFO", logger="detector.clips"):
+        sink = ClipSink(settings(tmp_path), SR)
+    sink.close()
+    assert not list(clips.glob(".*.part"))
+    assert (clips / "20260101T000000Z_siren_abc.flac").exists()
+    assert any("removed 1 unfinished clip(s)" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs (a full disk) needs root")
+def test_a_full_clips_disk_names_no_clip_that_does_not_exist(tmp_path, caplog):
+    import subprocess
+
+    from test_disk_full import fill
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        sink = ClipSink(settings(tmp_path, directory=str(mount / "clips"),
+                                 pre_roll_seconds=0.5, post_roll_seconds=0.5), SR)
+        fill(mount)
+        audio = signal(60.0)
+        events: dict[float, list[dict]] = {}
+        ends = []
+        for i in range(20):  # 20 events of 1 s on a disk with no room
+            start = 1.0 + 2.5 * i
+            end = ev("end", "siren", start, start + 1.0)
+            events.setdefault(round(start, 3), []).append(ev("start", "siren", start))
+            events.setdefault(round(start + 1.0, 3), []).append(end)
+            ends.append(end)
+        with caplog.at_level("INFO", logger="detector.clips"):
+            feed(sink, audio, 55.0, events)
+            sink.close()
+        named = [Path(e["clip"]) for e in ends if "clip" in e]
+        assert all(path.is_file() for path in named), named  # named => it exists
+        assert not list((mount / "clips").glob(".*.part"))  # nothing half-written left
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert sink.failed == 20 - len(named) > 0
+        assert len(errors) <= 5  # counted, at most 5 lines a minute
+        assert "Traceback" not in caplog.text
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
