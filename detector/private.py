@@ -35,10 +35,38 @@ def _tighten(path: Path, mode: int) -> None:
                        path, exc.strerror or exc)
 
 
+def _guard_existing_dir(path: Path) -> None:
+    """An existing directory others can write into (they could replace or delete the
+    outbox or the clips): tightened when the daemon owns it, else one warning."""
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    current = stat.S_IMODE(info.st_mode)
+    if not current & 0o022:
+        return
+    if current & stat.S_ISVTX or info.st_uid != os.geteuid():
+        logger.warning("%s is writable by other users (mode %04o) and not this user's to "
+                       "change; they could replace or delete what the daemon writes there: "
+                       "give the daemon a directory of its own", path, current)
+        return
+    try:
+        os.chmod(path, current & ~0o022)
+    except OSError as exc:
+        logger.warning("%s is writable by other users (mode %03o) and cannot be tightened "
+                       "(%s); they could replace or delete what the daemon writes there",
+                       path, current, exc.strerror or exc)
+        return
+    logger.warning("%s was writable by other users: made it writable by its owner only "
+                   "(mode %03o -> %03o)", path, current, current & ~0o022)
+
+
 def private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) if needed; a directory created here is 0700."""
+    """Create ``path`` (and parents) if needed; a directory created here is 0700, an
+    existing one others can write into is tightened or warned about."""
     path = Path(path)
     if path.is_dir():
+        _guard_existing_dir(path)
         return
     missing = []
     probe = path

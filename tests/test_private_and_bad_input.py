@@ -193,3 +193,30 @@ def test_file_audio_comes_in_bounded_blocks_at_any_accepted_rate(tmp_path):
             break
     assert max(sizes) <= int(MAX_BLOCK_SECONDS * 16000)
     assert abs(sum(sizes) - 30 * 16000) <= 16, "nothing lost by the splitting"
+
+
+def test_world_writable_directories_are_tightened_or_warned(tmp_path, caplog):
+    from detector.clips import ClipSink
+    from detector.config import ClipsConfig
+    from detector.outbox import SqliteOutbox
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chmod(state, 0o777)  # ours: others lose write access, with one warning
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    os.chmod(clips, 0o777)
+    shared = tmp_path / "shared"  # sticky like /tmp: not ours to change, one warning
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    with caplog.at_level("WARNING"):
+        SqliteOutbox(state / "outbox.sqlite", 10).close()
+        ClipSink(ClipsConfig(enabled=True, directory=str(clips)), 16000).close()
+        SqliteOutbox(shared / "outbox.sqlite", 10).close()
+    assert mode(state) == 0o755 and mode(clips) == 0o755
+    assert mode(shared) == 0o1777
+    lines = [r.getMessage() for r in caplog.records
+             if "writable by other users" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert "mode 777 -> 755" in lines[0] and "mode 777 -> 755" in lines[1]
+    assert "mode 1777" in lines[2] and "directory of its own" in lines[2]
