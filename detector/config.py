@@ -254,6 +254,16 @@ class EventsConfig(_Section):
     """After an end, the same label cannot start again for this many seconds."""
     labels: tuple[str, ...] | None = None
     """Labels that may fire events; unset = every non-background label of the model."""
+    audioset_gate: bool = True
+    """Publish a label's event only when the model's own AudioSet classes agree (models with a gate; see docs/model.md)."""
+    gate_top_k: dict[str, int] = _bounded({}, ge=1, le=527)
+    """Per-label override of the gate's rank: a supporting AudioSet class must be in the top k of 527, e.g. {siren = 10}."""
+    gate_floor: dict[str, float] = _bounded({}, ge=0.0, le=1.0)
+    """Per-label override of the least pooled probability of a supporting AudioSet class."""
+    gate_context_seconds: dict[str, float] = _bounded({}, ge=0.5, le=60.0)
+    """Per-label override of the seconds of sound the AudioSet evidence is pooled over."""
+    gate_max_wait_seconds: dict[str, float] = _bounded({}, ge=0.0, le=60.0)
+    """Per-label override of how long a candidate event may wait for AudioSet support before it is dropped."""
 
     def _check(self) -> None:
         for label, off in self.thresholds_off.items():

@@ -23,9 +23,14 @@ REQUIRED_KEYS = (
 )
 OPTIONAL_KEYS = ("input_layout", "thresholds", "background_labels", "window_hop_seconds",
                  "feature_params", "embedding_output", "embedding_dim",
-                 "stream_chunk_frames", "state_inputs", "state_outputs")
+                 "stream_chunk_frames", "state_inputs", "state_outputs",
+                 "audioset_output", "gate")
+GATE_KEYS = ("support", "top_k", "floor", "context_seconds", "max_wait_seconds")
+"""Keys of one label's entry in the ``gate`` metadata (see :mod:`detector.gate`)."""
 SUPPORTED_FEATURES = FEATURE_KINDS
 SUPPORTED_LAYOUTS = ("NTMC",)  # [batch, frames, n_mels, 1]
+AUDIOSET_CLASSES = 527
+"""Width of an ``audioset`` output (the released AudioSet classifier)."""
 MAX_LABELS = 4096
 MAX_LABEL_CHARS = 256
 """A label is a topic part and an entity name: longer ones are refused."""
@@ -146,6 +151,14 @@ class ModelMetadata:
     the matching :attr:`state_outputs` of the previous hop."""
     state_outputs: tuple[str, ...] = ()
     """Streaming models: the state outputs, pairwise with :attr:`state_inputs`."""
+    audioset_output: str | None = None
+    """Name of a float32 ``[batch, 527]`` output: the released AudioSet classifier's logits
+    for the window, in the order of ``detector/data/audioset_classes.json`` (the gate's
+    evidence), or None."""
+    gate: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The gate (:mod:`detector.gate`) per label: ``{"support": [AudioSet class indices],
+    "top_k": k, "floor": p, "context_seconds": C, "max_wait_seconds": W}``; a label
+    without an entry is not gated. Needs :attr:`audioset_output`."""
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):
@@ -217,6 +230,29 @@ class ModelMetadata:
                                  "integer in 1..65536")
 
         self._check_stream()
+        self._check_gate()
+
+    def _check_gate(self) -> None:
+        if self.gate and self.audioset_output is None:
+            raise ModelError("model metadata gate needs audioset_output (the output the "
+                             "gate reads)")
+        for label, rule in self.gate.items():
+            where = f"model metadata gate.{label}"
+            if label not in self.event_labels:
+                raise ModelError(f"{where}: {label!r} is not an event label of the model")
+            if not isinstance(rule, Mapping) or set(rule) != set(GATE_KEYS):
+                raise ModelError(f"{where} must be an object with exactly the keys "
+                                 f"{', '.join(GATE_KEYS)}")
+            v = _Values(rule, "model", f"gate.{label}.")
+            support = rule["support"]
+            if (not isinstance(support, (list, tuple))
+                    or not all(isinstance(i, int) and not isinstance(i, bool)
+                               and 0 <= i < AUDIOSET_CLASSES for i in support)):
+                raise v.fail("support", f"a list of AudioSet class indices 0..{AUDIOSET_CLASSES - 1}")
+            v.integer("top_k", 1, AUDIOSET_CLASSES)
+            v.number("floor", 0.0, 1.0)
+            v.number("context_seconds", self.window_seconds, 60.0)
+            v.number("max_wait_seconds", 0.0, 60.0)
 
     def _check_stream(self) -> None:
         chunk = self.stream_chunk_frames
@@ -285,6 +321,10 @@ class ModelMetadata:
             values["stream_chunk_frames"] = self.stream_chunk_frames
             values["state_inputs"] = list(self.state_inputs)
             values["state_outputs"] = list(self.state_outputs)
+        if self.audioset_output is not None:
+            values["audioset_output"] = self.audioset_output
+        if self.gate:
+            values["gate"] = {label: dict(rule) for label, rule in self.gate.items()}
         return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
@@ -346,6 +386,13 @@ class ModelMetadata:
             for key in ("state_inputs", "state_outputs"):
                 if values.get(key) is not None:
                     optional[key] = v.strings(key, 1)
+            if values.get("audioset_output") is not None:
+                optional["audioset_output"] = v.string("audioset_output", 256, empty=False)
+            if values.get("gate") is not None:
+                if not isinstance(values["gate"], dict):
+                    raise v.fail("gate", "an object mapping labels to gate rules",
+                                 wrong_type=True)
+                optional["gate"] = dict(values["gate"])  # checked in __post_init__
             normalization = values["normalization"]
             if normalization is not None:
                 if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:

@@ -144,6 +144,8 @@ class Classifier:
         self.embedding = (np.zeros(self.embedding_dim, dtype=np.float32)
                           if self.embedding_name else None)
         """The embedding of the last window :meth:`predict` ran on (None without one)."""
+        self.audioset: np.ndarray | None = None
+        """The AudioSet logits of the last window :meth:`predict` ran on (None without them)."""
         self._warned_range = False
 
         self.frontend = make_frontend(meta)
@@ -180,7 +182,8 @@ class Classifier:
         self.embedding_name = self._stream.embedding_name
         self.embedding_dim = int(self.metadata.embedding_dim or 0)
         self._normalization()
-        self._binding = self._output = self._emb_output = None
+        self._binding = self._output = self._emb_output = self._as_output = None
+        self.audioset_name = None
 
     def reset(self) -> None:
         """Forget the stream so far (a streaming model's state); nothing for window models."""
@@ -206,7 +209,7 @@ class Classifier:
         if not outputs:
             raise ModelError(f"{where} has no outputs")
         emb_name = meta.embedding_output
-        score_outputs = [o for o in outputs if o.name != emb_name]
+        score_outputs = [o for o in outputs if o.name not in (emb_name, meta.audioset_output)]
         if not score_outputs:
             raise ModelError(f"{where} has no score output besides its embedding {emb_name}")
         out = score_outputs[0]
@@ -232,14 +235,33 @@ class Classifier:
                                  f"{eshape}; its metadata says float32 "
                                  f"[batch, {meta.embedding_dim}]")
             self.embedding_name, self.embedding_dim = emb_name, int(meta.embedding_dim)
+        self.audioset_name: str | None = None
+        """Name of the AudioSet-logits output (None: the model has none)."""
+        if meta.audioset_output is not None:
+            from .metadata import AUDIOSET_CLASSES
+
+            found = [o for o in outputs if o.name == meta.audioset_output]
+            if not found:
+                raise ModelError(f"{where} metadata audioset_output={meta.audioset_output!r} "
+                                 f"names no output; its outputs: "
+                                 f"{', '.join(o.name for o in outputs)}")
+            ashape = list(found[0].shape)
+            if (found[0].type != "tensor(float)" or len(ashape) != 2
+                    or not _dim_ok(ashape[1], AUDIOSET_CLASSES)):
+                raise ModelError(f"{where} AudioSet output {meta.audioset_output} is "
+                                 f"{found[0].type} {ashape}; expected float32 "
+                                 f"[batch, {AUDIOSET_CLASSES}]")
+            self.audioset_name = meta.audioset_output
         self._normalization()
         self._input = np.zeros((1, meta.frames, meta.features.n_mels, 1), dtype=np.float32)
         self._n_labels = len(meta.labels)
         self._input_window = self._input[0, :, :, 0]  # a [frames, n_mels] view of the input
         self._output_names = [self.output_name] + ([self.embedding_name]
                                                    if self.embedding_name else [])
+        if self.audioset_name:
+            self._output_names.append(self.audioset_name)
         self._feed = {self.input_name: self._input}
-        self._binding, self._output, self._emb_output = self._bind_io()
+        self._binding, self._output, self._emb_output, self._as_output = self._bind_io()
 
     def _open(self, intra_op_threads: int, providers: Sequence[str]):
         """The onnxruntime session, opened once with the input's symbolic dims pinned.
@@ -284,12 +306,16 @@ class Classifier:
         allocation. Only when the session's output shapes are exactly those (a
         fixed batch, see :meth:`_open`); otherwise ``session.run`` is used.
         """
+        from .metadata import AUDIOSET_CLASSES
+
         wanted = {self.output_name: [1, self._n_labels]}
         if self.embedding_name:
             wanted[self.embedding_name] = [1, self.embedding_dim]
+        if self.audioset_name:
+            wanted[self.audioset_name] = [1, AUDIOSET_CLASSES]
         shapes = {o.name: (o.type, list(o.shape)) for o in self.session.get_outputs()}
         if any(shapes.get(name) != ("tensor(float)", shape) for name, shape in wanted.items()):
-            return None, None, None
+            return None, None, None, None
         try:
             import onnxruntime as ort
 
@@ -303,8 +329,9 @@ class Classifier:
                 binding.bind_output(name, "cpu", 0, np.float32, shape, arrays[name].ctypes.data)
         except Exception as exc:  # an onnxruntime without io_binding: plain run
             logger.debug("model %s: no IO binding (%s)", self.path.name, _first_line(exc))
-            return None, None, None
-        return binding, arrays[self.output_name], arrays.get(self.embedding_name)
+            return None, None, None, None
+        return (binding, arrays[self.output_name], arrays.get(self.embedding_name),
+                arrays.get(self.audioset_name))
 
     def attach_custom(self, heads) -> None:
         """Score custom labels (:class:`detector.custom.CustomHeads`) on the embedding.
@@ -378,10 +405,14 @@ class Classifier:
             self.session.run_with_iobinding(self._binding)
             if self._emb_output is not None:
                 self.embedding = self._emb_output.reshape(-1).copy()
+            if self._as_output is not None:
+                self.audioset = self._as_output.reshape(-1).copy()
             return self._output.reshape(-1).copy()
         result = self.session.run(self._output_names, self._feed)
         if self.embedding_name:
             self.embedding = np.asarray(result[1], dtype=np.float32).reshape(-1)
+        if self.audioset_name:
+            self.audioset = np.asarray(result[-1], dtype=np.float32).reshape(-1)
         return np.asarray(result[0], dtype=np.float32).reshape(-1)
 
     def predict_with_embedding(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -404,7 +435,11 @@ def check_against_model(config: "Config", meta: ModelMetadata) -> None:
                           f"omit it to use every event label of the model ({known})")
     for key, names in (("events.thresholds", ev.thresholds),
                        ("events.thresholds_off", ev.thresholds_off),
-                       ("events.labels", ev.labels or ())):
+                       ("events.labels", ev.labels or ()),
+                       ("events.gate_top_k", ev.gate_top_k),
+                       ("events.gate_floor", ev.gate_floor),
+                       ("events.gate_context_seconds", ev.gate_context_seconds),
+                       ("events.gate_max_wait_seconds", ev.gate_max_wait_seconds)):
         for name in names:
             if name not in labels:
                 raise ConfigError(f"{key} names {name!r}, which model "
@@ -412,6 +447,15 @@ def check_against_model(config: "Config", meta: ModelMetadata) -> None:
             if name in background:
                 raise ConfigError(f"{key} names {name!r}, a background label of the model "
                                   f"that never fires events; its event labels: {known}")
+    for key, names in (("events.gate_top_k", ev.gate_top_k),
+                       ("events.gate_floor", ev.gate_floor),
+                       ("events.gate_context_seconds", ev.gate_context_seconds),
+                       ("events.gate_max_wait_seconds", ev.gate_max_wait_seconds)):
+        for name in names:
+            if name not in meta.gate:
+                gated = ", ".join(meta.gate) or "none"
+                raise ConfigError(f"{key} names {name!r}, which model {meta.model_version} "
+                                  f"does not gate; its gated labels: {gated}")
     for label, off in ev.thresholds_off.items():
         on = ev.thresholds.get(label, meta.thresholds.get(label, ev.threshold_on))
         if off > on:

@@ -39,6 +39,7 @@ import numpy as np
 from .errors import ConfigError, DetectorError
 from .events import EventTracker
 from .features import make_frontend
+from .gate import build_gate
 from .onset import OnsetDetector, OnsetSpans
 from .sink import Sink
 
@@ -184,6 +185,9 @@ class Pipeline:
         self.tracker = EventTracker(meta.labels, config.events, meta.thresholds,
                                     background_labels=meta.background_labels,
                                     node=node, model=meta.model_version)
+        self.gate = build_gate(getattr(classifier, "model_metadata", meta), config.events)
+        """The AudioSet gate between the tracker and the outputs (None: the model has none)."""
+        self._position = 0.0  # stream position (s) of the window being decided
         self.frames = meta.frames
         hop_seconds = config.model.window_hop_seconds or meta.window_hop_seconds or 0.25
         if meta.is_streaming:  # a streaming model steps once per chunk, whatever the config
@@ -349,7 +353,8 @@ class Pipeline:
             else:
                 end_time = self._clock_now()
             self._drain_controls()
-            for event in self.tracker.flush(end_time):
+            self._position = self.samples_in / self.params.sample_rate
+            for event in self._decide(self.tracker.flush(end_time), end_time, final=True):
                 self._emit(event)
             self.sinks.call("close")
             logger.info("pipeline stopped: %.1f s of audio, %d windows, %d event%s "
@@ -372,9 +377,9 @@ class Pipeline:
             self.sinks.call("status", "device", status)
             if status == "lost":
                 # nothing is heard while the device is away: do not leave events open
-                for event in self.tracker.flush(time.time() if self.live
-                                                else self._clock_now() if self._anchor
-                                                else time.time()):
+                when = (time.time() if self.live else self._clock_now() if self._anchor
+                        else time.time())
+                for event in self._decide(self.tracker.flush(when), when, final=True):
                     self._emit(event)
         while True:
             try:
@@ -415,6 +420,8 @@ class Pipeline:
                               self._clock_now() if self._anchor is not None else 0.0)
             self.logmel.reset()
             self._reset_model()  # a streaming model's state must not span the gap
+            if self.gate is not None:
+                self.gate.reset()  # nor the AudioSet evidence
             self._grid_start, self._grid_columns = self.samples_in, self._n_columns
             self._onsets.reset()
         wall = time.time()
@@ -508,10 +515,11 @@ class Pipeline:
             if not regular and not self._onset_spans.covers(self._column_end(count)):
                 continue
             end_row = start_fill + (count - start_count)
-            self._classify(count, self._columns[end_row - frames:end_row], block_end)
+            self._classify(count, self._columns[end_row - frames:end_row], block_end, regular)
             self.onset_windows += not regular
 
-    def _classify(self, count: int, window: np.ndarray, block_end: float) -> None:
+    def _classify(self, count: int, window: np.ndarray, block_end: float,
+                  regular: bool = True) -> None:
         """Model, level and event tracker for the window ending at column ``count``."""
         # absolute sample index just past this column's last sample (per StreamingFrontEnd)
         col_end = self._column_end(count)
@@ -531,11 +539,16 @@ class Pipeline:
             inference_ms = (time.perf_counter() - t0) * 1000.0
             self.inference_s += inference_ms / 1000.0
             self.inferences += 1
+            if self.gate is not None and regular:
+                # evidence is pooled over the regular grid only, so the finer onset
+                # windows do not weigh a sound's first second more than the rest
+                self.gate.add(now, getattr(self.classifier, "audioset", None))
         self._last_level = level
         self._drain_controls()
         if self.file_offsets:
             self._window_positions.append((now, col_end / self.params.sample_rate))
-        events = self.tracker.update(scores, level, now)
+        self._position = col_end / self.params.sample_rate
+        events = self._decide(self.tracker.update(scores, level, now), now)
         self.windows += 1
         if self.record_scores:
             # the window's position in the stream (sample-exact, like offset_s)
@@ -572,9 +585,23 @@ class Pipeline:
             return self._offsets.pop(event["id"])
         return self._offsets[event["id"]]
 
+    def _decide(self, events: list[dict], now: float, final: bool = False) -> list[dict]:
+        """The tracker's candidate ``events`` through the gate (when the model has one):
+        what to publish now. Replay positions are taken here, where the tracker knows
+        each event's onset."""
+        if self.file_offsets:
+            for event in events:
+                event["offset_s"] = self._offset_of(event)
+        if self.gate is None:
+            return events
+        out = self.gate.filter(events, now)
+        if final:
+            out += self.gate.flush(now)
+        return out
+
     def _emit(self, event: dict) -> None:
         if self.file_offsets:
-            event["offset_s"] = self._offset_of(event)
+            event["published_offset_s"] = round(self._position, 3)
         logger.debug("%s %s (score %.2f, peak %.2f)", event["type"], event["label"],
                      event["score"], event["peak_score"])
         self.events_out += 1

@@ -52,6 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lowest on-threshold (default: %(default)s)")
     parser.add_argument("--margin", type=float, default=0.05,
                         help="on-threshold = highest smoothed negative score + margin")
+    parser.add_argument("--no-gate", action="store_true",
+                        help="no AudioSet gate: thresholds from the training negatives alone "
+                             "(the 1.0.0 recipe)")
+    parser.add_argument("--gate-threshold", type=float, default=None,
+                        help="on-threshold of every label with the gate "
+                             "(default: export.pretrained.GATE_THRESHOLD)")
+    parser.add_argument("--ontology", help="AudioSet ontology JSON "
+                        "(default: <data>/pretrained/audioset_ontology.json)")
     parser.add_argument("--crossval", action="store_true", help="run the four rotations")
     parser.add_argument("--rotations", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--no-stream-eval", action="store_true",
@@ -134,10 +142,16 @@ def policy_thresholds(P, cache, samples, head, matrix, floors, rows_neg, floor, 
             if label != P.BACKGROUND}
 
 
-def fit(args, P, cache, samples, rows, matrix, seed):
+def fit(args, P, cache, samples, rows, matrix, seed, ontology=None):
+    """Head, veto floors (or None), on-thresholds, training history and gate rules ({}
+    without a gate) from the cache ``rows``."""
     cfg = P.HeadConfig(epochs=args.epochs, lstm_units=args.lstm_units,
                        background_weight=args.background_weight, seed=seed)
     head, history = P.train_head(cache, rows, cfg, verbose=2)
+    if ontology is not None:
+        gate = P.fit_gate(samples, cache, rows, ontology)
+        threshold = P.GATE_THRESHOLD if args.gate_threshold is None else args.gate_threshold
+        return head, None, {label: threshold for label in gate}, history, gate
     positives = rows[(cache.variant[rows] == 0) & (cache.label[rows] >= 0)
                      & (cache.label[rows] != P.LABELS.index(P.BACKGROUND))]
     floors = None
@@ -148,7 +162,7 @@ def fit(args, P, cache, samples, rows, matrix, seed):
                       for i in cache.sample[rows]])
     thresholds = policy_thresholds(P, cache, samples, head, matrix, floors, rows[is_bg],
                                    args.floor, args.margin)
-    return head, floors, thresholds, history
+    return head, floors, thresholds, history, {}
 
 
 def run(args) -> int:
@@ -161,6 +175,20 @@ def run(args) -> int:
     with np.load(labels_file) as d:
         matrix = P.evidence_matrix(d["labels"])
     samples = P.collect(data, folds=args.folds, limit=args.limit)
+    ontology = None
+    if not args.no_gate:
+        from detector.gate import audioset_classes
+
+        from .support import load_ontology, ontology_support
+        path = Path(args.ontology or data / "pretrained" / "audioset_ontology.json")
+        try:
+            nodes = load_ontology(path)
+        except (OSError, ValueError) as exc:
+            from detector.errors import ConfigError
+            raise ConfigError(f"the AudioSet ontology {path} cannot be read ({exc}); pass "
+                              "--ontology FILE, or --no-gate for a model without the gate"
+                              ) from None
+        ontology = ontology_support(nodes, audioset_classes())
     cache = build_or_load_cache(args, weights)
     group = np.array([samples[i].group if i >= 0 else -1 for i in cache.sample])
     summary: dict = {"settings": {k: v for k, v in vars(args).items() if k != "func"},
@@ -171,14 +199,15 @@ def run(args) -> int:
         for rot in args.rotations:
             t0 = time.time()
             train = np.where(group != rot)[0]
-            head, floors, thresholds, _ = fit(args, P, cache, samples, train, matrix, args.seed)
+            head, floors, thresholds, _, gate = fit(args, P, cache, samples, train, matrix,
+                                                    args.seed, ontology)
             # clip accuracy on the regular grid only (comparable with earlier recipes)
             test = np.where((group == rot) & (cache.variant == 0) & ~cache.onset)[0]
             probs = P.head_scores(head, cache, test)
             groups = P.clip_groups(cache, test)
             index = {r: k for k, r in enumerate(test)}
             acc = P.clip_accuracy(samples, cache, groups, probs, index)
-            entry = {"clip_accuracy": acc, "thresholds": thresholds,
+            entry = {"clip_accuracy": acc, "thresholds": thresholds, "gate": gate,
                      "train_seconds": round(time.time() - t0, 1),
                      "held_out_folds": list(P.FOLD_GROUPS[rot]),
                      "held_out_kinds": list(P.KIND_GROUPS[rot])}
@@ -186,33 +215,37 @@ def run(args) -> int:
             if not args.no_stream_eval:
                 out = run_dir / f"rot{rot}"
                 meta = P.metadata(f"{args.model_version}-rot{rot}",
-                                  f"rotation {rot} of {run_dir.name}", thresholds)
+                                  f"rotation {rot} of {run_dir.name}", thresholds, gate)
                 path, _ = P.export_model(weights, head, matrix, floors, meta, out / "model.onnx")
-                result = evaluate(path, data, [rot], limit=args.limit)
-                (out / "stream.json").write_text(json.dumps(result, indent=1))
-                (out / "stream.md").write_text(markdown(result))
-                plot(result, out / "stream.png")
-                entry["stream"] = {k: result[k] for k in ("labelled", "everyday", "room_noise")}
-                for part in ("labelled", "everyday"):
-                    entry["stream"][part] = {k: v for k, v in result[part].items()}
+                runs = [("stream", None)] + ([("stream_nogate", {"audioset_gate": False})]
+                                             if gate else [])
+                for name, events in runs:
+                    result = evaluate(path, data, [rot], limit=args.limit, event_config=events)
+                    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+                    (out / f"{name}.md").write_text(markdown(result))
+                    plot(result, out / f"{name}.png")
+                    entry[name] = {k: result[k] for k in ("labelled", "everyday", "room_noise")}
             summary["rotations"][str(rot)] = entry
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.out:
         t0 = time.time()
         rows = np.arange(len(cache.label))
-        head, floors, thresholds, history = fit(args, P, cache, samples, rows, matrix, args.seed)
+        head, floors, thresholds, history, gate = fit(args, P, cache, samples, rows, matrix,
+                                                      args.seed, ontology)
         folds = sorted({s.path.parent.name.replace("fold", "") for s in samples
                         if s.kind.startswith("us8k:")}, key=int)
         trained_on = (f"UrbanSound8K folds {','.join(folds)} "
-                      f"(incl. metadata/rebuilt.txt), SESA, negatives/ (DCASE 2016 office, "
-                      f"ESC-50 kinds), synthetic noise; {len(samples)} clips")
-        meta = P.metadata(args.model_version, trained_on, thresholds)
+                      f"(incl. metadata/rebuilt.txt), SESA, negatives/ ("
+                      + ", ".join(sorted({s.kind.split(':')[0] for s in samples
+                                          if s.label == P.BACKGROUND and s.kind != 'sesa:casual'}))
+                      + f"), synthetic noise; {len(samples)} clips")
+        meta = P.metadata(args.model_version, trained_on, thresholds, gate)
         frontend = P.model_frontend()
         step = max(1, len(samples) // 16)
         feats = [frontend(P.read(samples[i]))[:frontend.frames] for i in range(0, len(samples), step)]
         check = np.stack([f for f in feats if len(f) == frontend.frames])
         path, diff = P.export_model(weights, head, matrix, floors, meta, args.out, check)
-        summary["final"] = {"thresholds": thresholds, "veto_floors":
+        summary["final"] = {"thresholds": thresholds, "gate": gate, "veto_floors":
                             None if floors is None else dict(zip(P.LABELS, map(float, floors))),
                             "train_seconds": round(time.time() - t0, 1), "onnx_parity": diff,
                             "history": {k: [float(x) for x in v] for k, v in history.items()},

@@ -68,7 +68,9 @@ def build_stream(samples, gap: float, seed: int = 0):
 
 
 def replay_stream(model_path, audio: np.ndarray, config=None):
-    """Start events (with their stream times in seconds) of ``audio`` through ``Pipeline``."""
+    """Start events of ``audio`` through ``Pipeline``: ``(label, onset_s, published_s,
+    score)`` with the stream positions of the event's onset window (``offset_s``) and of
+    the window that published it (``published_offset_s``: after the gate's wait)."""
     import soundfile as sf
 
     from detector.capture import FileSource
@@ -86,18 +88,12 @@ def replay_stream(model_path, audio: np.ndarray, config=None):
         sf.write(str(wav), audio, SR, subtype="FLOAT")
         source = FileSource(wav, SR, realtime=False, block_seconds=config.audio.block_seconds)
         pipeline = Pipeline(config, source, classifier, [], live=False, record_scores=True,
-                            node="eval")
+                            node="eval", file_offsets=True)
         pipeline.run()
         if pipeline.error is not None:
             raise pipeline.error
-    origin = pipeline.started_at or 0.0
-    out = []
-    for event in pipeline.events:
-        if event["type"] != "start":
-            continue
-        start = datetime.fromisoformat(event["start"].replace("Z", "+00:00")).timestamp()
-        out.append((event["label"], start - origin + float(event.get("duration_s") or 0.0),
-                    float(event.get("score") or 0.0)))
+    out = [(e["label"], float(e["offset_s"]), float(e["published_offset_s"]),
+            float(e.get("score") or 0.0)) for e in pipeline.events if e["type"] == "start"]
     return out, classifier.metadata
 
 
@@ -105,7 +101,7 @@ def attribute(events, spans, tail: float = 1.0):
     """Index of the clip whose span (onset - 0.25 s .. end + tail) holds each event, or -1."""
     onsets = np.array([s for s, _ in spans])
     out = []
-    for _, t, _ in events:
+    for _, t, _, _ in events:
         i = int(np.searchsorted(onsets, t + 0.25, side="right")) - 1
         out.append(i if i >= 0 and t <= spans[i][1] + tail else -1)
     return out
@@ -122,8 +118,8 @@ def judge(samples, spans, events, owners, gap: float) -> dict:
     from .pretrained import BACKGROUND
 
     per_clip: dict[int, list] = {}
-    for (label, t, score), owner in zip(events, owners):
-        per_clip.setdefault(owner, []).append((label, t, score))
+    for (label, _, published, score), owner in zip(events, owners):
+        per_clip.setdefault(owner, []).append((label, published, score))
     rows = []
     for i, (sample, (onset, end)) in enumerate(zip(samples, spans)):
         evs = per_clip.get(i, [])

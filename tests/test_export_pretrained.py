@@ -17,6 +17,7 @@ from conftest import REPO, SHARED_DATA
 SR = 16000
 WEIGHTS = SHARED_DATA / "pretrained" / "mn04_as.npz"
 AUDIOSET = SHARED_DATA / "teacher" / "mn04_logits.npz"
+ONTOLOGY = SHARED_DATA / "pretrained" / "audioset_ontology.json"
 
 
 def sweep(seconds, rng, lo=600.0, hi=1400.0, period=0.5):
@@ -165,6 +166,7 @@ def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "export", "pretrained", "--data", str(data),
            "--weights", str(WEIGHTS), "--audioset-labels", str(AUDIOSET), "--run", str(run),
+               "--ontology", str(ONTOLOGY),
            "--workers", "1", "--variants", "2", "--synthetic", "4", "--epochs", "6",
            "--floor", "0.5", "--veto-quantile", "-1", "--crossval", "--rotations", "0",
            "--out", str(model), "--model-version", "tiny-1"]
@@ -203,10 +205,12 @@ def test_stream_eval_attributes_events_to_clips_and_gaps(tmp_path):
                Sample(tmp_path / "b.flac", BACKGROUND, 0, "esc50:hen"),
                Sample(tmp_path / "c.flac", "dog_bark", 0, "us8k:dog_bark")]
     spans = [(5.0, 9.0), (14.0, 19.0), (24.0, 25.0)]
-    events = [("siren", 5.6, 0.9),      # own label, 0.6 s after the onset
-              ("dog_bark", 11.5, 0.8),  # in the gap after clip a (> 1 s after its end)
-              ("dog_bark", 15.0, 0.8),  # a false alarm on the everyday clip
-              ("siren", 24.1, 0.9)]     # wrong label on clip c
+    # (label, onset window position, published position, score)
+    events = [("siren", 5.2, 5.6, 0.9),      # own label, published 0.6 s after the onset
+              ("dog_bark", 11.5, 11.5, 0.8),  # in the gap after clip a (> 1 s after its end)
+              ("dog_bark", 13.9, 15.0, 0.8),  # a false alarm on the everyday clip: its onset
+                                              # window ends 0.1 s before the clip, in time
+              ("siren", 24.1, 26.5, 0.9)]     # wrong label on clip c, published after its end
     owners = attribute(events, spans)
     assert owners == [0, -1, 1, 2]
     result = judge(samples, spans, events, owners, gap=5.0)
