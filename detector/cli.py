@@ -306,10 +306,13 @@ def _build(config, classifier, source_factory, *, live: bool, stdout: bool | Non
 
     sample_rate = classifier.metadata.features.sample_rate
     source = source_factory(sample_rate, on_status)
-    extra = ([ScoresView()] if show_scores else []) + list(extra_sinks)
+    view = ScoresView() if show_scores else None
+    extra = ([view] if view is not None else []) + list(extra_sinks)
     sinks = build_sinks(config, sample_rate, on_control=on_control, stdout=stdout, extra=extra)
     pipeline = Pipeline(config, source, classifier, sinks, live=live, record_scores=record,
                         file_offsets=file_offsets)
+    if view is not None and pipeline.gate is not None:
+        view.audioset_top = pipeline.gate.top  # the AudioSet classes beside the label scores
     holder.append(pipeline)
     return pipeline
 

@@ -47,6 +47,8 @@ class ScoresView(Sink):
         self.top_k = top_k
         self.stream = stream
         self._labels: Sequence[str] = ()
+        self.audioset_top = None
+        """``(now, n) -> [(AudioSet class, probability)]`` of a model with a gate, else None."""
 
     def start(self, labels: Sequence[str], model_version: str) -> None:
         self._labels = tuple(labels)
@@ -59,6 +61,10 @@ class ScoresView(Sink):
         text = (f"{level_dbfs:6.1f} dBFS  "
                 + "  ".join(f"{label} {score:.2f}" for score, label in ranked)
                 + f"  [{timing.get('inference_ms', 0.0):.1f} ms]")
+        if self.audioset_top is not None:
+            top = self.audioset_top(now, 3)
+            if top:
+                text += "  | AudioSet: " + ", ".join(f"{name} {p:.2f}" for name, p in top)
         if stream.isatty():
             stream.write("\r\x1b[2K" + text)
         else:

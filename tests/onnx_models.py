@@ -100,6 +100,8 @@ def make_band_model(
     feature: str = "logmel_db",
     feature_params: MnParams | None = None,
     embedding: bool = False,
+    audioset_bands: Mapping[str, float] | None = None,
+    gate: Mapping[str, Mapping] | None = None,
 ) -> Path:
     """Write a band-detector ONNX model to ``path`` and return the path.
 
@@ -109,6 +111,9 @@ def make_band_model(
     ``feature="mn_logmel"`` (with ``features=MN04_FEATURES`` and ``feature_params``)
     builds a model on that front end; its units are natural-log energies, not dB,
     so pass ``offset_db`` / ``scale_db`` in those units (e.g. 5 and 1).
+    ``audioset_bands`` ({AudioSet class name: Hz}) adds an ``audioset`` output
+    ``[N, 527]`` of logits: a named class responds to its band like a label does,
+    every other class sits at probability 0.01; ``gate`` is the metadata's gate.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -128,7 +133,9 @@ def make_band_model(
         feature=feature, feature_params=feature_params,
         **({"window_hop_seconds": window_hop_seconds} if window_hop_seconds else {}),
         **({"embedding_output": "embedding", "embedding_dim": 2 * features.n_mels}
-           if embedding else {}))
+           if embedding else {}),
+        **({"audioset_output": "audioset"} if audioset_bands is not None else {}),
+        **({"gate": dict(gate)} if gate else {}))
     n_mels, frames = features.n_mels, meta.frames
     std = float(normalization["std"]) if normalization else 1.0
 
@@ -172,6 +179,22 @@ def make_band_model(
                                              "emb_scale"))
         outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT,
                                                      ["N", 2 * n_mels]))
+    if audioset_bands is not None:
+        from detector.gate import audioset_classes
+
+        names = audioset_classes()
+        w_as = np.zeros((n_mels, len(names)), dtype=np.float32)
+        b_as = np.full(len(names), np.log(0.01 / 0.99), dtype=np.float32)
+        for name, hz in audioset_bands.items():
+            column = -np.full(n_mels, 1.0 / n_mels)
+            column[band_index(hz, features, feature, feature_params)] += 1.0
+            w_as[:, names.index(name)] = column * std / scale_db
+            b_as[names.index(name)] = -offset_db / scale_db
+        nodes += [helper.make_node("MatMul", ["pooled", "W_as"], ["as0"]),
+                  helper.make_node("Add", ["as0", "b_as"], ["audioset"])]
+        inits += [numpy_helper.from_array(w_as, "W_as"), numpy_helper.from_array(b_as, "b_as")]
+        outputs.append(helper.make_tensor_value_info("audioset", TensorProto.FLOAT,
+                                                     ["N", len(names)]))
     graph = helper.make_graph(nodes, "band_model", [x], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="tests/onnx_models.py")

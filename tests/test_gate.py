@@ -164,3 +164,56 @@ def test_a_bad_gate_in_the_metadata_is_one_line(bad, message):
                       window_seconds=1.0, model_version="t", trained_on="", license_note="",
                       background_labels=("background",), audioset_output="audioset",
                       gate={"siren": bad})
+
+
+# ---------------------------------------------------------------- through the daemon
+def _gated_model(tmp_path, siren_hz: float):
+    from onnx_models import make_band_model
+
+    rule = {"support": [SIREN, EMERGENCY], "top_k": 3, "floor": 0.1, "context_seconds": 2.0,
+            "max_wait_seconds": 1.0}
+    # the label head hears a siren at 1 kHz; the AudioSet head calls 1 kHz "Clapping"
+    # unless its "Siren" band is put there too
+    return make_band_model(tmp_path / f"gated{int(siren_hz)}.onnx", labels=("siren", "background"),
+                           bands_hz={"siren": 1000.0}, thresholds={"siren": 0.5},
+                           audioset_bands={"Siren": siren_hz, "Clapping": 1000.0}
+                           if siren_hz != 1000.0 else {"Siren": 1000.0},
+                           gate={"siren": rule})
+
+
+def _replay(model, wav, tmp_path, *extra):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, "-m", "detector", "replay", str(wav), "--model",
+                           str(model), *extra], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_the_daemon_publishes_a_supported_event_with_its_evidence(tmp_path):
+    from onnx_models import write_tone_wav
+
+    wav = write_tone_wav(tmp_path / "tone.wav", [(1.0, 3.0, 1000.0)], seconds=5.0)
+    events = _replay(_gated_model(tmp_path, 1000.0), wav, tmp_path)
+    assert [e["type"] for e in events] == ["start", "end"]
+    assert events[0]["evidence"] == ["Siren"] and events[1]["evidence"] == ["Siren"]
+    # start stays the onset; publication is where the gate passed, never before it
+    assert 1.0 <= events[0]["offset_s"] <= events[0]["published_offset_s"] <= 2.5
+
+
+def test_the_daemon_drops_an_event_the_audioset_vocabulary_calls_something_else(tmp_path):
+    from onnx_models import write_tone_wav
+
+    wav = write_tone_wav(tmp_path / "tone.wav", [(1.0, 3.0, 1000.0)], seconds=5.0)
+    model = _gated_model(tmp_path, 3000.0)
+    assert _replay(model, wav, tmp_path) == []
+    config = tmp_path / "nogate.toml"
+    config.write_text("[events]\naudioset_gate = false\n")
+    events = _replay(model, wav, tmp_path, "--config", str(config))
+    assert [e["type"] for e in events] == ["start", "end"] and "evidence" not in events[0]
