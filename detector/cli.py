@@ -445,8 +445,7 @@ def _print_stats(pipeline, cpu_s: float, wall_s: float, rss_start_mb: float) -> 
     runs = pipeline.inferences
     model_ms = 1000.0 * pipeline.inference_s / runs if runs else 0.0
     print(f"stats: {audio_s:.1f} s of audio, {pipeline.windows} windows, "
-          f"{pipeline.events_started} events ({pipeline.events_out} start/end messages); "
-          f"CPU {cpu_s:.2f} s = {per_s:.2f} ms per second "
+          f"{pipeline.events_out} events; CPU {cpu_s:.2f} s = {per_s:.2f} ms per second "
           f"of audio; wall {wall_s:.2f} s ({audio_s / wall_s if wall_s else 0:.0f}x real "
           f"time); model {model_ms:.2f} ms per window ({pipeline.windows - runs} quiet windows "
           f"skipped it, {pipeline.onset_windows} windows were onset windows); "
