@@ -272,6 +272,9 @@ class Pipeline:
         """With ``record_scores``: copies of every event emitted."""
         self.level_rows: list[float] = []
         """With ``record_scores``: the level (dBFS) of every window."""
+        self.candidates: list[dict] = []
+        """With ``record_scores`` and a gate: copies of the tracker's events before the gate
+        (exactly what ``events.audioset_gate = false`` publishes)."""
         self.embedding_rows: list[np.ndarray] = []
         """With ``record_scores`` and a model with an embedding: every window's embedding."""
 
@@ -594,6 +597,10 @@ class Pipeline:
                 event["offset_s"] = self._offset_of(event)
         if self.gate is None:
             return events
+        if self.record_scores:  # what the daemon would publish with the gate off
+            for event in events:
+                self.candidates.append({**event, "published_offset_s": round(self._position, 3)}
+                                       if self.file_offsets else dict(event))
         out = self.gate.filter(events, now)
         if final:
             out += self.gate.flush(now)

@@ -217,14 +217,17 @@ def run(args) -> int:
                 meta = P.metadata(f"{args.model_version}-rot{rot}",
                                   f"rotation {rot} of {run_dir.name}", thresholds, gate)
                 path, _ = P.export_model(weights, head, matrix, floors, meta, out / "model.onnx")
-                runs = [("stream", None)] + ([("stream_nogate", {"audioset_gate": False})]
-                                             if gate else [])
-                for name, events in runs:
-                    result = evaluate(path, data, [rot], limit=args.limit, event_config=events)
-                    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-                    (out / f"{name}.md").write_text(markdown(result))
-                    plot(result, out / f"{name}.png")
-                    entry[name] = {k: result[k] for k in ("labelled", "everyday", "room_noise")}
+                # one replay judges the model as shipped and, from the events before the
+                # gate, as it would be with events.audioset_gate = false
+                result = evaluate(path, data, [rot], limit=args.limit)
+                off = result.pop("gate_off", None)
+                results = [("stream", result)] + ([("stream_nogate", {**result, **off})]
+                                                  if off else [])
+                for name, res in results:
+                    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+                    (out / f"{name}.md").write_text(markdown(res))
+                    plot(res, out / f"{name}.png")
+                    entry[name] = {k: res[k] for k in ("labelled", "everyday", "room_noise")}
             summary["rotations"][str(rot)] = entry
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.out:

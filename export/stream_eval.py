@@ -75,7 +75,9 @@ def build_stream(samples, gap: float, seed: int = 0):
 def replay_stream(model_path, audio: np.ndarray, config=None):
     """Start events of ``audio`` through ``Pipeline``: ``(label, onset_s, published_s,
     score)`` with the stream positions of the event's onset window (``offset_s``) and of
-    the window that published it (``published_offset_s``: after the gate's wait)."""
+    the window that published it (``published_offset_s``: after the gate's wait); the
+    model's metadata; and for a model with a gate the start events the same replay gives
+    with the gate off (the tracker's events before the gate), else None."""
     import soundfile as sf
 
     from detector.capture import FileSource
@@ -97,9 +99,12 @@ def replay_stream(model_path, audio: np.ndarray, config=None):
         pipeline.run()
         if pipeline.error is not None:
             raise pipeline.error
-    out = [(e["label"], float(e["offset_s"]), float(e["published_offset_s"]),
-            float(e.get("score") or 0.0)) for e in pipeline.events if e["type"] == "start"]
-    return out, classifier.metadata
+    def starts(events):
+        return [(e["label"], float(e["offset_s"]), float(e["published_offset_s"]),
+                 float(e.get("score") or 0.0)) for e in events if e["type"] == "start"]
+
+    candidates = starts(pipeline.candidates) if pipeline.gate is not None else None
+    return starts(pipeline.events), classifier.metadata, candidates
 
 
 def attribute(events, spans, tail: float = 1.0):
@@ -209,6 +214,14 @@ def markdown(result: dict) -> str:
         for kind, c in ev["per_kind"].items():
             lines.append(f"| {kind} | {c['clips']} | {100 * c['fired']:.1f}% |")
         lines.append("")
+    off = result.get("gate_off")
+    if off and off["labelled"]["clips"]:
+        lines += [f"- the same replay with `events.audioset_gate = false`: own label "
+                  f"{100 * off['labelled']['recall']:.1f}%, another label "
+                  f"{100 * off['labelled']['wrong_label']:.1f}%"
+                  + (f"; everyday clips firing {100 * off['everyday']['fired']:.1f}%, "
+                     f"{off['everyday']['false_alarms_per_hour']} false alarms per hour"
+                     if off["everyday"]["clips"] else ""), ""]
     lines.append(f"- room noise between clips: {result['room_noise']['events']} events in "
                  f"{result['room_noise']['seconds'] / 60:.1f} min")
     return "\n".join(lines) + "\n"
@@ -252,7 +265,8 @@ def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0,
              event_config: dict | None = None, model_config: dict | None = None) -> dict:
     """The stream evaluation of ``model_path`` on the held-out clips of ``groups``;
     ``event_config`` / ``model_config`` override keys of the ``[events]`` / ``[model]``
-    config (default: the daemon's)."""
+    config (default: the daemon's). For a model with the gate (and the gate on) the result
+    also holds ``gate_off``: the same replay judged on the events before the gate."""
     from .pretrained import collect, limit_per_kind
 
     samples = limit_per_kind([s for s in collect(data_root) if s.group in set(groups)], limit)
@@ -263,9 +277,12 @@ def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0,
         config = config_from_dict({"model": {**(model_config or {}), "intra_op_threads": 1},
                                    "events": dict(event_config or {}),
                                    "output": {"stdout_json": False, "log_level": "warning"}})
-    events, meta = replay_stream(model_path, audio, config)
+    events, meta, candidates = replay_stream(model_path, audio, config)
     owners = attribute(events, spans)
     result = judge(samples, spans, events, owners, gap)
+    if candidates is not None and (event_config or {}).get("audioset_gate", True):
+        # the same replay with the gate off: the tracker's events before the gate
+        result["gate_off"] = judge(samples, spans, candidates, attribute(candidates, spans), gap)
     import platform
     result.update({"model": str(model_path), "model_version": meta.model_version,
                    "groups": list(groups), "gap_s": gap, "events_config": event_config or {},

@@ -217,3 +217,29 @@ def test_the_daemon_drops_an_event_the_audioset_vocabulary_calls_something_else(
     config.write_text("[events]\naudioset_gate = false\n")
     events = _replay(model, wav, tmp_path, "--config", str(config))
     assert [e["type"] for e in events] == ["start", "end"] and "evidence" not in events[0]
+
+
+def test_a_replay_records_what_the_gate_off_would_have_published(tmp_path):
+    from onnx_models import write_tone_wav
+
+    from detector.capture import FileSource
+    from detector.config import config_from_dict
+    from detector.model import Classifier
+    from detector.pipeline import Pipeline
+
+    wav = write_tone_wav(tmp_path / "tone.wav", [(1.0, 3.0, 1000.0)], seconds=5.0)
+    runs = {}
+    for gate_on in (True, False):
+        cfg = config_from_dict({"output": {"stdout_json": False},
+                                "events": {"audioset_gate": gate_on}})
+        pipe = Pipeline(cfg, FileSource(wav, 16000, realtime=False),
+                        Classifier(_gated_model(tmp_path, 3000.0)), [], record_scores=True,
+                        node="t", file_offsets=True)
+        pipe.run()
+        runs[gate_on] = pipe
+    assert runs[True].events == []  # dropped by the gate
+    off = [(e["type"], e["label"], e["offset_s"], e["published_offset_s"])
+           for e in runs[False].events]
+    recorded = [(e["type"], e["label"], e["offset_s"], e["published_offset_s"])
+                for e in runs[True].candidates]
+    assert off == recorded and [t for t, *_ in off] == ["start", "end"]
