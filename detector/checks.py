@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 from pathlib import Path
 
 from .errors import ConfigError
@@ -39,6 +38,8 @@ def _writable_dir(key: str, directory: Path, what: str) -> None:
 
 
 def _check_tls(mqtt) -> None:
+    import ssl  # only with TLS on: a plain replay never loads it (startup cost)
+
     for name in ("ca_file", "cert_file", "key_file"):
         path = getattr(mqtt, name)
         if path and not Path(path).is_file():
