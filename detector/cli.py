@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", type=_device, metavar="NAME|INDEX",
                      help="input device (overrides audio.device; see `devices`)")
     run.add_argument("--show-scores", action="store_true",
-                     help="print a live line of the top-5 scores on stderr (for tuning)")
+                     help="print a live line of the clock time and the top-5 scores on stderr "
+                     "(for tuning)")
 
     replay = sub.add_parser("replay", parents=[common, model_opts],
                             help="run the same pipeline on an audio file; one JSON line "
@@ -124,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--plot", metavar="OUT.png",
                         help="also write a PNG of the scores over time with the events")
     replay.add_argument("--show-scores", action="store_true",
-                        help="print the top-5 scores of every window on stderr")
+                        help="print the position in the file (s) and the top-5 scores of every "
+                        "window on stderr")
     replay.add_argument("--stats", action="store_true",
                         help="print CPU time per second of audio and memory use on stderr")
     replay.add_argument("--repeat", type=int, default=1, metavar="N",
@@ -306,7 +308,9 @@ def _build(config, classifier, source_factory, *, live: bool, stdout: bool | Non
 
     sample_rate = classifier.metadata.features.sample_rate
     source = source_factory(sample_rate, on_status)
-    view = ScoresView() if show_scores else None
+    # replay stamps each scores line with its position in the file, run with the clock
+    view = (ScoresView(sample_rate=sample_rate if file_offsets else None)
+            if show_scores else None)
     extra = ([view] if view is not None else []) + list(extra_sinks)
     sinks = build_sinks(config, sample_rate, on_control=on_control, stdout=stdout, extra=extra)
     pipeline = Pipeline(config, source, classifier, sinks, live=live, record_scores=record,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import IO, Mapping, Sequence
 
 from .sink import Sink
@@ -37,15 +38,24 @@ class StdoutSink(Sink):
 
 
 class ScoresView(Sink):
-    """``run --show-scores``: one line per window with the top-k smoothed scores.
+    """``--show-scores``: one line per window with the top-k smoothed scores.
+
+    Each line starts with the window's time: the local wall-clock time
+    (``HH:MM:SS.s``) for a live stream, or with ``sample_rate`` given (``replay``)
+    the window's end as seconds from the file's first sample, the same position
+    as the events' ``offset_s``.
 
     On a terminal the line is redrawn in place; otherwise (a pipe, journald)
     one line is written per window.
     """
 
-    def __init__(self, top_k: int = 5, stream: IO[str] | None = None):
+    def __init__(self, top_k: int = 5, stream: IO[str] | None = None,
+                 sample_rate: int | None = None):
         self.top_k = top_k
         self.stream = stream
+        self.sample_rate = sample_rate
+        """Replay: the stream's sample rate, so windows are stamped with their position."""
+        self._origin: float | None = None
         self._labels: Sequence[str] = ()
         self.audioset_top = None
         """``(now, n) -> [(AudioSet class, probability)]`` of a model with a gate, else None."""
@@ -53,12 +63,26 @@ class ScoresView(Sink):
     def start(self, labels: Sequence[str], model_version: str) -> None:
         self._labels = tuple(labels)
 
+    def audio(self, block, now: float) -> None:
+        if self.sample_rate and self._origin is None:
+            # the clock time of the stream's first sample; a window's position is
+            # its end time minus this
+            self._origin = now - block.shape[0] / self.sample_rate
+
+    def stamp(self, now: float) -> str:
+        """The time a window's line starts with."""
+        if self.sample_rate:
+            return f"{max(0.0, now - (self._origin if self._origin is not None else now)):8.2f} s"
+        tenths = int(round(now * 10))  # round once, so 59.96 s shows as the next minute
+        clock = time.strftime("%H:%M:%S", time.localtime(tenths // 10))
+        return f"{clock}.{tenths % 10}"
+
     def window(self, scores: Mapping[str, float], level_dbfs: float, now: float,
                timing: Mapping[str, float]) -> None:
         stream = self.stream or sys.stderr
         ranked = sorted(((s, l) for l, s in scores.items() if not self._labels or l in self._labels),
                         reverse=True)[: self.top_k]
-        text = (f"{level_dbfs:6.1f} dBFS  "
+        text = (f"{self.stamp(now)}  {level_dbfs:6.1f} dBFS  "
                 + "  ".join(f"{label} {score:.2f}" for score, label in ranked)
                 + f"  [{timing.get('inference_ms', 0.0):.1f} ms]")
         if self.audioset_top is not None:

@@ -56,6 +56,19 @@ def test_replay_prints_json_events_and_exits_0(files):
     assert "Traceback" not in result.stderr
 
 
+def test_replay_show_scores_lines_start_with_the_position_in_the_file(files):
+    d, model, tone = files  # 4 s file, tone 1.0-2.5 s
+    result = cli("replay", tone, "--model", model, "--show-scores")
+    assert result.returncode == 0, result.stderr
+    lines = [l for l in result.stderr.splitlines() if " dBFS " in l]
+    positions = [float(re.match(r"\s*(\d+\.\d\d) s  ", l).group(1)) for l in lines]
+    assert positions == sorted(positions) and positions[0] >= 0.9 and 3.5 <= positions[-1] <= 4.0
+    # the siren line is loudest while the tone plays
+    loud = [p for p, l in zip(positions, lines) if re.search(r"siren 0\.[5-9]|siren 1\.0", l)]
+    assert loud and 1.0 <= min(loud) <= 2.5, lines
+    assert len(result.stdout.splitlines()) == 2  # the events still go to stdout
+
+
 def test_replay_with_config_and_relative_model_path(files, tmp_path):
     d, model, tone = files
     (tmp_path / "models").mkdir()

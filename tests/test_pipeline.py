@@ -419,6 +419,40 @@ def test_scores_view_top_k(tty):
     assert text.startswith("\r\x1b[2K") if tty else text.endswith("\n")
 
 
+def test_scores_view_starts_each_line_with_the_clock_time_live():
+    import io
+    import time as _time
+
+    from detector.stdout_sink import ScoresView
+
+    stream = io.StringIO()
+    view = ScoresView(stream=stream)
+    view.start(("siren",), "m")
+    when = _time.mktime((2026, 12, 7, 15, 8, 6, 0, 0, -1)) + 0.34  # local 15:08:06.34
+    view.window({"siren": 0.5}, -20.0, when, {"inference_ms": 1.0})
+    view.window({"siren": 0.5}, -20.0, when + 53.62, {"inference_ms": 1.0})  # 15:08:59.96
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("15:08:06.3  ") and lines[1].startswith("15:09:00.0  "), lines
+
+
+def test_scores_view_stamps_replay_windows_with_their_position_in_the_file():
+    import io
+
+    from detector.stdout_sink import ScoresView
+
+    stream = io.StringIO()
+    view = ScoresView(stream=stream, sample_rate=16000)
+    view.start(("siren",), "m")
+    t0 = 1_765_000_000.0  # the wall clock at which the replay began
+    view.audio(np.zeros(8000, np.float32), t0 + 0.5)  # the first block: 0.5 s of audio
+    for end in (1.0, 1.25, 12.5):
+        view.window({"siren": 0.5}, -20.0, t0 + end, {"inference_ms": 1.0})
+    view.audio(np.zeros(8000, np.float32), t0 + 13.0)  # later blocks do not move the origin
+    view.window({"siren": 0.5}, -20.0, t0 + 13.0, {"inference_ms": 1.0})
+    stamps = [line.strip().split("  ")[0] for line in stream.getvalue().splitlines()]
+    assert stamps == ["1.00 s", "1.25 s", "12.50 s", "13.00 s"]
+
+
 def test_sample_ring_returns_the_block_it_wrote_in_one_piece():
     from detector.pipeline import _SampleRing
 
