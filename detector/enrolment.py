@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".mp3")
 BACKGROUND_WINDOWS_PER_FILE = 200
 """Windows kept from each ``--background`` recording (evenly spread)."""
+TAKE_PAUSE_SECONDS = 3.0
+"""``enroll --record``: the countdown before each take (time to get to the door)."""
 
 
 def add_enroll_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +53,9 @@ def add_enroll_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record takes of SECONDS each from the configured microphone")
     parser.add_argument("--takes", type=int, default=5, metavar="N",
                         help="takes to record with --record (default: %(default)s)")
+    parser.add_argument("--pause", type=float, default=TAKE_PAUSE_SECONDS, metavar="SECONDS",
+                        help="countdown before each --record take, 0 for none "
+                        "(default: %(default)g)")
     parser.add_argument("--device", metavar="NAME|INDEX",
                         help="input device for --record (overrides audio.device)")
 
@@ -73,9 +79,14 @@ def _audio_files(items: Sequence[str], what: str) -> list[Path]:
 
 
 def record_takes(config, seconds: float, takes: int, out_dir: Path, label: str,
-                 rate: int) -> list[Path]:
+                 rate: int, pause: float = TAKE_PAUSE_SECONDS, sleep=time.sleep,
+                 source=None) -> list[Path]:
     """Record ``takes`` clips of ``seconds`` from the configured microphone into
-    ``out_dir`` as FLAC; prompts go to stderr."""
+    ``out_dir`` as FLAC; prompts go to stderr.
+
+    Each take follows a countdown of ``pause`` seconds (``sleep`` waits, injected
+    by tests); what the microphone heard during the countdown is dropped, so a
+    take holds only the audio after its "make the sound now" prompt."""
     import soundfile as sf
 
     from .capture import MicSource
@@ -84,13 +95,19 @@ def record_takes(config, seconds: float, takes: int, out_dir: Path, label: str,
         raise ConfigError(f"--record {seconds:g} must be 0.5..120 seconds")
     if not 1 <= takes <= 50:
         raise ConfigError(f"--takes {takes} must be 1..50")
+    if not 0 <= pause <= 30:
+        raise ConfigError(f"--pause {pause:g} must be 0..30 seconds")
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     paths = []
-    source = MicSource(config.audio, rate)
+    source = source if source is not None else MicSource(config.audio, rate)
     source.start()
     try:
         for take in range(1, takes + 1):
+            if pause > 0:
+                _countdown(take, takes, pause, sleep)
+                while source.read(timeout=0) is not None:
+                    pass  # the countdown's audio is not part of the take
             print(f"take {take}/{takes}: make the sound now ({seconds:g} s) ...",
                   file=sys.stderr, flush=True)
             need = int(round(seconds * rate))
@@ -115,6 +132,17 @@ def record_takes(config, seconds: float, takes: int, out_dir: Path, label: str,
     finally:
         source.stop()
     return paths
+
+
+def _countdown(take: int, takes: int, pause: float, sleep) -> None:
+    """``take 2/5 in 3... 2... 1...`` on stderr, one number a second (the first
+    waits out any fraction of a second)."""
+    print(f"take {take}/{takes} in", end="", file=sys.stderr, flush=True)
+    for shown in range(math.ceil(pause - 1e-9), 0, -1):
+        print(f" {shown}...", end="", file=sys.stderr, flush=True)
+        # whole seconds, the first shortened to the fraction: 2.5 s is 0.5 s, 1 s, 1 s
+        sleep(pause - (shown - 1) if shown == math.ceil(pause - 1e-9) else 1.0)
+    print("", file=sys.stderr, flush=True)
 
 
 def _background(args, config, classifier, label: str
@@ -211,7 +239,7 @@ def cmd_enroll(args: argparse.Namespace, load) -> int:
     paths = _audio_files(args.files, "clip")
     if args.record:
         paths += record_takes(config, args.record, args.takes, directory / "recordings", label,
-                              meta.features.sample_rate)
+                              meta.features.sample_rate, pause=args.pause)
     if not paths:
         raise ConfigError("no clips: pass FILE... or --record SECONDS")
     rate = meta.features.sample_rate

@@ -31,6 +31,7 @@ def test_enroll_records_takes_from_the_microphone(pulse_mic, tmp_path):
     env.pop("STATE_DIRECTORY", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "detector", "enroll", "chirp", "--record", "2", "--takes", "3",
+         "--pause", "0.5",
          "--background", *map(str, room), "--model", str(model), "--custom", str(custom),
          "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
@@ -55,6 +56,8 @@ def test_enroll_records_takes_from_the_microphone(pulse_mic, tmp_path):
     err = "".join(err_lines)
     assert proc.returncode == 0, err[-3000:]
     assert len(prompts) == 3
+    assert [l.strip() for l in err_lines if l.startswith("take ") and " in " in l] == [
+        f"take {k}/3 in 1..." for k in (1, 2, 3)]  # a countdown before each take
     recordings = sorted((custom / "recordings").glob("chirp-*.flac"))
     assert len(recordings) == 3
     for path in recordings:
