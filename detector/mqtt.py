@@ -39,7 +39,7 @@ from .control import parse_control
 from .errors import ConfigError, DetectorError
 from .events import iso_utc
 from .homeassistant import (discovery_messages, event_entity_payload, is_own_config,
-                            node_config_filter, topic_names)
+                            node_config_filter, topic_names, topic_safe)
 from .metrics import REGISTRY
 from .outbox import open_outbox
 from .ratelimit import RateLimitedLog
@@ -274,9 +274,19 @@ class MqttSink(Sink):
 
     def labels_enabled(self, labels: Sequence[str]) -> None:
         with self._retained_lock:
+            before = self._enabled()
             self.enabled_labels = tuple(labels)
-        if self._connected.is_set():  # otherwise the next (re)connect publishes it
-            self._publish_discovery(self.client)
+            changed = before ^ self._enabled()
+        # only the labels switched on or off (runtime control): their configs, or empty
+        # ones; the others are on the broker already (every (re)connect sends them all)
+        if changed and self._connected.is_set():
+            self._publish_discovery(self.client, only=changed)
+
+    def _enabled(self) -> set[str]:
+        """The labels that have Home Assistant entities now (call with the lock held)."""
+        if self.enabled_labels is None:
+            return set(self.labels)
+        return set(self.labels) & set(self.enabled_labels)
 
     def event(self, event: Mapping) -> None:
         label = event.get("label")
@@ -414,31 +424,46 @@ class MqttSink(Sink):
             self._publish_latest(client, self._t(self._topics[label], "state"), state)
         self._publish_discovery(client)
 
-    def _publish_discovery(self, client) -> None:
+    def _publish_discovery(self, client, only: set[str] | None = None) -> None:
         """Configs of the enabled labels; empty retained configs (Home Assistant deletes
         the entity) for the model's other labels. Older configs of this node that are
         not wanted any more arrive through the node's config subscription and are
-        cleared in :meth:`_on_message`."""
+        cleared in :meth:`_on_message`. With ``only`` (labels switched on or off), just
+        those labels' configs are sent."""
         if not self.labels:
             return
         with self._retained_lock:
             if not self.settings.homeassistant_discovery:
                 self._wanted_discovery = set()
                 return
-            enabled = (self.labels if self.enabled_labels is None else
-                       [label for label in self.labels if label in set(self.enabled_labels)])
-            messages = discovery_messages(self.prefix, self.node_id, enabled,
+            enabled = self._enabled()
+            messages = discovery_messages(self.prefix, self.node_id,
+                                          [label for label in self.labels if label in enabled],
                                           self.model_version, __version__,
                                           self.settings.discovery_prefix)
             every = discovery_messages(self.prefix, self.node_id, self.labels,
                                        self.model_version, __version__,
                                        self.settings.discovery_prefix)
             self._wanted_discovery = wanted = {topic for topic, _ in messages}
+            if only is not None:
+                send = set().union(*(self._config_topics(label) for label in only))
+                messages = [(topic, payload) for topic, payload in messages if topic in send]
+                every = [(topic, payload) for topic, payload in every if topic in send]
         for topic, payload in messages:
             self._publish_latest(client, topic, payload)
         for topic, _ in every:
             if topic not in wanted:
                 self._publish_latest(client, topic, b"")
+
+    def _config_topics(self, label: str) -> set[str]:
+        """The discovery config topics of one label (as :func:`discovery_messages`
+        names them)."""
+        part = self._topics.get(label)
+        if part is None:
+            return set()
+        base, node = self.settings.discovery_prefix, topic_safe(self.node_id)
+        return {f"{base}/binary_sensor/{node}/{part}/config",
+                f"{base}/event/{node}/{part}_event/config"}
 
     def _clear_stale_config(self, client, topic: str, payload: bytes) -> None:
         """A retained config of this node that nothing publishes any more (a label

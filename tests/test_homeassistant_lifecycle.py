@@ -180,6 +180,59 @@ def test_replay_follows_events_labels_and_remove_clears_the_node(mosquitto, band
     assert len(retained_all(mosquitto.port, f"{disc}/+/keep/+/config")) == 3  # other node kept
 
 
+def test_a_set_message_republishes_only_the_configs_of_labels_it_switched(mosquitto, band,
+                                                                          tmp_path):
+    """`replay --realtime` with runtime control over a real broker: each …/set sends the
+    discovery configs of the labels whose enabled state it changed, and nothing else."""
+    import signal
+    import threading
+
+    model, _ = band
+    quiet = write_tone_wav(tmp_path / "quiet.wav", [], seconds=30.0)
+    node, disc = _ids("setdiff")
+    prefix = f"sound-detector/{node}"
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {mosquitto.port}\n'
+                    f'node_id = "{node}"\ndiscovery_prefix = "{disc}"\n')
+    rec = Recorder(mosquitto.port, [f"{disc}/+/{node}/+/config"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "detector", "replay", str(quiet), "--model",
+                             str(model), "--config", str(conf), "--realtime"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+
+    def control(payload: bytes, log: str) -> None:
+        seen = sum(log in line for line in lines)
+        rec.client.publish(f"{prefix}/set", payload, qos=1)
+        _wait(lambda: sum(log in line for line in lines) > seen, log)
+
+    try:
+        level = f"{disc}/sensor/{node}/level/config"
+        rec.wait_count(level, 1)  # the connect: every label's configs and the level sensor
+        time.sleep(0.5)
+        at_connect = len(rec.messages)
+        assert at_connect == 5  # siren and dog_bark: a sensor and an event each; the level
+        control(b'{"labels": {"siren": {"enabled": false}}}', "control: siren enabled=False")
+        control(b'{"labels": {"siren": {"enabled": true}}}', "control: siren enabled=True")
+        # enabled as it was, and a threshold: no entity changes, no config is sent
+        control(b'{"labels": {"dog_bark": {"enabled": true, "threshold_on": 0.6}}}',
+                "control: dog_bark enabled=True on=0.600")
+        time.sleep(1.0)  # a config sent after the control line would have arrived by now
+        after = [(t.split("/")[1] + "/" + t.split("/")[3], bool(p))
+                 for t, p, _ in rec.messages[at_connect:]]
+        assert after == [("binary_sensor/siren", False), ("event/siren_event", False),
+                         ("binary_sensor/siren", True), ("event/siren_event", True)], after
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        reader.join(10)
+        rec.close()
+    assert proc.returncode == 0, "".join(lines)
+
+
 def test_remove_with_an_unreachable_broker_is_one_line(tmp_path):
     conf = tmp_path / "c.toml"
     conf.write_text('[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = 9\nnode_id = "x"\n')
