@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--no-model", action="store_true",
                           help="check the file only, do not load the model")
 
+    labels = sub.add_parser("labels", parents=[common, model_opts],
+                            help="list the labels this node can detect: built-in, custom and "
+                            "the 527 AudioSet classes (events.audioset_labels)")
+    labels.add_argument("--search", metavar="WORD",
+                        help="only labels and AudioSet names holding WORD (e.g. --search door)")
+
     from .enrolment import add_enroll_arguments
 
     enroll = sub.add_parser("enroll", parents=[common, model_opts],
@@ -221,8 +227,17 @@ def _load(args: argparse.Namespace, custom: bool = True, runtime: bool = False):
     classifier = Classifier(model_path, config.model.providers, config.model.intra_op_threads)
     if custom:
         _attach_custom(args, config, classifier)
+    _attach_audioset(config, classifier)
     check_against_model(config, classifier.metadata)
     return config, classifier
+
+
+def _attach_audioset(config, classifier) -> None:
+    """The ``events.audioset_labels`` as labels of the classifier (none: nothing)."""
+    if config.events.audioset_labels:
+        from .audioset import AudioSetLabels
+
+        classifier.attach_audioset(AudioSetLabels(tuple(config.events.audioset_labels)))
 
 
 def _attach_custom(args, config, classifier, service_fallback: bool = False) -> list[str]:
@@ -544,6 +559,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         classifier = Classifier(model_path, config.model.providers,
                                 config.model.intra_op_threads)
         custom = _attach_custom(args, config, classifier, service_fallback=True)
+        _attach_audioset(config, classifier)
         try:
             check_against_model(config, classifier.metadata)
         except ConfigError as exc:
@@ -555,6 +571,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
         detail = f" (model {meta.model_version}: {len(meta.event_labels)} event labels"
         detail += f"; custom: {', '.join(custom)})" if custom else ")"
     print(f"OK: {args.path}{detail}")
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from .audioset import label_rows
+
+    config, classifier = _load(args)
+    meta = classifier.metadata
+    custom = classifier.custom.labels if classifier.custom is not None else ()
+    chosen = (set(classifier.audioset_labels.labels) if classifier.audioset_labels is not None
+              else set())
+    builtin = [x for x in classifier.model_metadata.labels]
+    rows = label_rows(builtin, meta.background_labels, custom, args.search)
+    if not rows:
+        print(f"no label or AudioSet name holds {args.search!r}")
+        return 1
+    has_audioset = classifier.audioset_name is not None
+    for kind, label, name in rows:
+        if kind == "audioset":
+            mark = " (in events.audioset_labels)" if label in chosen else ""
+            print(f"audioset  {label:<40} \"{name}\"{mark}")
+        else:
+            print(f"{kind:<9} {label}")
+    if not has_audioset:
+        print(f"note: model {meta.model_version} has no audioset output, so AudioSet names "
+              "cannot be used as labels with it")
     return 0
 
 
@@ -582,7 +624,7 @@ def cmd_custom(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "replay": cmd_replay, "devices": cmd_devices, "config": cmd_config,
             "homeassistant": cmd_homeassistant,
             "validate-config": cmd_validate, "analyze": cmd_analyze,
-            "enroll": cmd_enroll, "custom": cmd_custom}
+            "enroll": cmd_enroll, "custom": cmd_custom, "labels": cmd_labels}
 
 
 HELD_START = ("run", "replay", "validate-config")

@@ -254,6 +254,8 @@ class EventsConfig(_Section):
     """After an end, the same label cannot start again for this many seconds."""
     labels: tuple[str, ...] | None = None
     """Labels that may fire events; unset = every non-background label of the model."""
+    audioset_labels: tuple[str, ...] = ()
+    """AudioSet classes to detect without training, by their exact names, e.g. ["Smoke detector, smoke alarm", "Glass"]; the event label is the name's slug (smoke_detector_smoke_alarm). `sound-detector labels --search WORD` lists them."""
     audioset_gate: bool = True
     """Publish a label's event only when the model's own AudioSet classes agree (models with a gate; see docs/model.md)."""
     gate_top_k: dict[str, int] = _bounded({}, ge=1, le=527)
@@ -266,6 +268,10 @@ class EventsConfig(_Section):
     """Per-label override of how long a candidate event may wait for AudioSet support before it is dropped."""
 
     def _check(self) -> None:
+        if self.audioset_labels:
+            from .audioset import check_names
+
+            check_names(self.audioset_labels)
         for label, off in self.thresholds_off.items():
             on = self.thresholds.get(label)
             if on is not None and off > on:

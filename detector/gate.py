@@ -119,8 +119,11 @@ class EventGate:
     """Holds, publishes or drops the tracker's events by their AudioSet support."""
 
     def __init__(self, rules: Mapping[str, GateRule], class_names: Sequence[str],
-                 window_seconds: float, enabled: bool = True):
+                 window_seconds: float, enabled: bool = True, always: Sequence[str] = ()):
         self.rules = dict(rules)
+        self.always = frozenset(always)
+        """Labels decided by their rule even with the gate disabled (AudioSet labels: the
+        rank rule is what they are)."""
         self.class_names = tuple(class_names)
         self.enabled = enabled
         longest = max((r.context_seconds for r in self.rules.values()), default=window_seconds)
@@ -133,7 +136,8 @@ class EventGate:
         """Candidate events published by the gate."""
 
     def gated(self, label: str) -> bool:
-        return self.enabled and label in self.rules and bool(self.rules[label].support)
+        return ((self.enabled or label in self.always) and label in self.rules
+                and bool(self.rules[label].support))
 
     def add(self, now: float, audioset_logits: np.ndarray | None) -> None:
         """The window deciding at ``now`` heard this (None: it skipped the model)."""
@@ -233,9 +237,10 @@ def audioset_classes() -> tuple[str, ...]:
     return _CLASSES
 
 
-def build_gate(meta, events) -> EventGate | None:
+def build_gate(meta, events, always: Sequence[str] = ()) -> EventGate | None:
     """The gate of a model (its metadata ``gate``) with the ``[events]`` overrides, or
-    None for a model without one."""
+    None for a model without one. ``always``: labels gated even with
+    ``events.audioset_gate = false``."""
     if not meta.gate:
         return None
     rules = {}
@@ -250,4 +255,4 @@ def build_gate(meta, events) -> EventGate | None:
             max_wait_seconds=float(events.gate_max_wait_seconds.get(label,
                                                                     rule["max_wait_seconds"])))
     return EventGate(rules, audioset_classes(), meta.window_seconds,
-                     enabled=events.audioset_gate)
+                     enabled=events.audioset_gate, always=always)

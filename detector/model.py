@@ -141,6 +141,8 @@ class Classifier:
         """The model's own metadata (``metadata`` adds the custom labels, if any)."""
         self.custom = None
         """Custom heads attached with :meth:`attach_custom` (None: only built-in labels)."""
+        self.audioset_labels = None
+        """AudioSet labels attached with :meth:`attach_audioset` (None: none)."""
         self.embedding = (np.zeros(self.embedding_dim, dtype=np.float32)
                           if self.embedding_name else None)
         """The embedding of the last window :meth:`predict` ran on (None without one)."""
@@ -352,6 +354,34 @@ class Classifier:
         self.metadata = replace(meta, labels=(*meta.labels, *heads.labels),
                                 thresholds={**meta.thresholds, **heads.thresholds})
 
+    def attach_audioset(self, labels) -> None:
+        """Score AudioSet classes (:class:`detector.audioset.AudioSetLabels`) as labels.
+
+        Their scores (the classes' probabilities from the ``audioset`` output of the same
+        pass) follow the model's and the custom labels' in :meth:`predict`; :attr:`metadata`
+        lists them with their default threshold and gate rule, so they are labels like the
+        model's own everywhere. Call after :meth:`attach_custom`.
+        """
+        from dataclasses import replace
+
+        from . import audioset
+
+        meta = self.metadata
+        if self.audioset_name is None:
+            raise ConfigError(f"events.audioset_labels needs a model with an audioset output; "
+                              f"model {self.path.name} ({meta.model_version}) has none")
+        taken = set(meta.labels)
+        for label, name in zip(labels.labels, labels.names):
+            if label in taken:
+                raise ConfigError(f"events.audioset_labels: {name!r} would be label {label!r}, "
+                                  "which the model or a custom label already has; remove it "
+                                  "from events.audioset_labels")
+        self.audioset_labels = labels if len(labels) else None
+        self.metadata = replace(meta, labels=(*meta.labels, *labels.labels),
+                                thresholds={**meta.thresholds,
+                                            **{x: audioset.THRESHOLD for x in labels.labels}},
+                                gate={**meta.gate, **labels.gate_metadata()})
+
     @property
     def labels(self) -> tuple[str, ...]:
         return self.metadata.labels
@@ -388,6 +418,8 @@ class Classifier:
             scores = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0)
         if self.custom is not None:
             scores = np.concatenate((scores, self.custom.scores(self.embedding)))
+        if self.audioset_labels is not None:
+            scores = np.concatenate((scores, self.audioset_labels.scores(self.audioset)))
         return scores
 
     def _run_window(self, window: np.ndarray) -> np.ndarray:

@@ -185,7 +185,9 @@ class Pipeline:
         self.tracker = EventTracker(meta.labels, config.events, meta.thresholds,
                                     background_labels=meta.background_labels,
                                     node=node, model=meta.model_version)
-        self.gate = build_gate(getattr(classifier, "model_metadata", meta), config.events)
+        audioset_labels = getattr(classifier, "audioset_labels", None)
+        self.gate = build_gate(meta, config.events,
+                               always=audioset_labels.labels if audioset_labels else ())
         """The AudioSet gate between the tracker and the outputs (None: the model has none)."""
         self._position = 0.0  # stream position (s) of the window being decided
         self.frames = meta.frames
