@@ -93,6 +93,17 @@ class CustomHead:
     def embedding_dim(self) -> int:
         return int(self.weights.shape[0])
 
+    @property
+    def gate(self) -> dict | None:
+        """The label's AudioSet rule as a model-metadata ``gate`` entry (None: the head
+        was enrolled without AudioSet evidence)."""
+        rule = self.info.get("gate")
+        if not isinstance(rule, Mapping) or not rule.get("support"):
+            return None
+        return {"support": [int(i) for i in rule["support"]], "top_k": int(rule["top_k"]),
+                "floor": float(rule["floor"]), "context_seconds": float(rule["context_seconds"]),
+                "max_wait_seconds": float(rule["max_wait_seconds"])}
+
     def save(self, directory: str | Path) -> Path:
         """Write ``<directory>/<label>.npz`` (atomically) and return its path."""
         directory = Path(directory)
@@ -173,6 +184,11 @@ class CustomHeads:
     @property
     def thresholds(self) -> dict[str, float]:
         return {h.label: h.threshold for h in self.heads}
+
+    @property
+    def gates(self) -> dict[str, dict]:
+        """``label -> gate rule`` of the heads enrolled with AudioSet evidence."""
+        return {h.label: h.gate for h in self.heads if h.gate is not None}
 
     def check_model(self, meta: "ModelMetadata") -> None:
         """Refuse heads made for another model (version or embedding width) or whose
@@ -301,6 +317,9 @@ class ClipWindows:
     """The clip's noise floor (10th percentile of 20 ms frame levels)."""
     farther: tuple["ClipWindows", ...] = ()
     """The same take heard quieter (:data:`FARTHER_DB`), window for window."""
+    audioset: np.ndarray | None = None
+    """``[windows, 527]`` AudioSet probabilities of every window (None: the model has no
+    audioset output)."""
 
 
 def frame_levels(samples: np.ndarray, sample_rate: int, frame_seconds: float = 0.02) -> np.ndarray:
@@ -369,8 +388,11 @@ def embed_samples(classifier: "Classifier", samples: np.ndarray, config: "Config
     dim = classifier.embedding_dim
     emb = (np.vstack(pipeline.embedding_rows).astype(np.float32) if pipeline.embedding_rows
            else np.zeros((0, dim), dtype=np.float32))
+    probs = (1.0 / (1.0 + np.exp(-np.clip(np.vstack(pipeline.audioset_rows), -30, 30)))
+             ).astype(np.float32) if pipeline.audioset_rows else None
     return ClipWindows(name=name, levels=np.asarray(pipeline.level_rows, dtype=np.float64),
-                       embeddings=emb, seconds=samples.size / rate, floor_dbfs=floor)
+                       embeddings=emb, seconds=samples.size / rate, floor_dbfs=floor,
+                       audioset=probs)
 
 
 def embed_clip(classifier: "Classifier", samples: np.ndarray, config: "Config | None" = None,
@@ -384,7 +406,7 @@ def embed_clip(classifier: "Classifier", samples: np.ndarray, config: "Config | 
                                  config, name=f"{name} ({g:+g} dB)", seed=seed)
                    for g in farther_db)
     return ClipWindows(clip.name, clip.levels, clip.embeddings, clip.seconds, clip.floor_dbfs,
-                       farther=copies)
+                       farther=copies, audioset=clip.audioset)
 
 
 def spread(indices: np.ndarray, at_most: int) -> np.ndarray:
@@ -499,6 +521,13 @@ class Enrolment:
     clip_scores: list[float]
     background_files: int
     warnings: list[str]
+    gate: dict | None = None
+    """The AudioSet rule stored with the head (None: no AudioSet evidence)."""
+    gated_recall: float | None = None
+    """:attr:`recall` with the AudioSet rule (None: not measurable)."""
+    gated_false_alarms: float | None = None
+    """:attr:`false_alarms` with the AudioSet rule (None: the background has no AudioSet
+    evidence)."""
 
 
 def calibrate(clip_scores: Sequence[float], background_scores: Sequence[float]) -> float:
@@ -516,7 +545,9 @@ def calibrate(clip_scores: Sequence[float], background_scores: Sequence[float]) 
 def enroll(label: str, clips: Sequence[ClipWindows], background: np.ndarray,
            background_files: np.ndarray, model_version: str, gate_dbfs: float,
            smoothing_windows: int = 2, l2: float = L2,
-           background_groups: np.ndarray | None = None) -> Enrolment:
+           background_groups: np.ndarray | None = None,
+           background_audioset: np.ndarray | None = None,
+           context_windows: int = 5, wait_windows: int = 4) -> Enrolment:
     """Fit and calibrate a custom head.
 
     ``clips``: the user's examples (their windows); ``background`` ``[n, d]``
@@ -566,6 +597,8 @@ def enroll(label: str, clips: Sequence[ClipWindows], background: np.ndarray,
     bg_fold = bg_groups % folds
     clip_scores: list[float] = []
     bg_scores: list[float] = []
+    held_out_scores: dict[int, np.ndarray] = {}
+    bg_window_scores = np.zeros(len(file_ids))
     for k in range(folds):
         held_clip = used[k] if len(used) >= 2 and k < len(used) else None
         pmask = pos_groups != held_clip
@@ -576,9 +609,11 @@ def enroll(label: str, clips: Sequence[ClipWindows], background: np.ndarray,
             above = clip.levels >= gate_dbfs
             s = np.where(above, fit.scores(clip.embeddings), 0.0)
             clip_scores.append(smoothed_max(s, smoothing_windows))
+            held_out_scores[held_clip] = s
         held = ~nmask
         if held.any():
             s = fit.scores(background[held])
+            bg_window_scores[held] = s
             ids = file_ids[held]
             order = np.argsort(ids, kind="stable")
             ids, s = ids[order], s[order]
@@ -588,16 +623,46 @@ def enroll(label: str, clips: Sequence[ClipWindows], background: np.ndarray,
     recall = (float(np.mean(np.asarray(clip_scores) >= threshold)) if clip_scores else None)
     false_alarms = float(np.mean(np.asarray(bg_scores) >= threshold)) if bg_scores else 0.0
     notes.extend(_advice(clips, used))
+    gate, gated_recall, gated_fa = None, None, None
+    if all(clips[i].audioset is not None for i in used):
+        profiles = {i: take_profile(clips[i], gate_dbfs) for i in used}
+        for i in used:
+            note = uninformative_take(clips[i].name, profiles[i])
+            if note:
+                notes.append(note)
+        excluded = background_classes(background_audioset, file_ids)
+        support = support_set([profiles[i] for i in used], excluded)
+        if support:
+            gate = gate_rule(support)
+            passes = []
+            for i, s in held_out_scores.items():  # each take judged on the others' set
+                fold_support = support_set([profiles[j] for j in used if j != i], excluded)
+                fired = smoothed_max(s, smoothing_windows) >= threshold
+                passes.append(bool(fired and fold_support and clip_passes(
+                    clips[i], s, threshold, smoothing_windows, gate_rule(fold_support),
+                    context_windows, wait_windows)))
+            gated_recall = float(np.mean(passes)) if passes else None
+            if background_audioset is not None and len(bg_scores):
+                gated_fa = background_gated_share(bg_window_scores, file_ids,
+                                                  background_audioset, threshold, gate)
+        else:
+            notes.append("no AudioSet class ranks high in most takes (beyond silence, "
+                         "speech and noise): the label is not gated; takes of the sound "
+                         "alone, closer to it, give it AudioSet evidence")
     info = {"clips": [clips[i].name for i in used], "windows": int(pos.shape[0]),
             "estimated_recall": recall, "estimated_false_alarms": false_alarms,
             "background_files": int(len(np.unique(file_ids))),
+            **({"gate": {**gate, "support_names": support_names(gate["support"]),
+                         "estimated_recall": gated_recall,
+                         "estimated_false_alarms": gated_fa}} if gate else {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     head = CustomHead(label=label, model_version=model_version,
                       weights=full.w.astype(np.float32), bias=full.b, threshold=threshold,
                       info=info)
     return Enrolment(head=head, recall=recall, false_alarms=false_alarms,
                      clip_scores=clip_scores, background_files=len(np.unique(file_ids)),
-                     warnings=notes)
+                     warnings=notes, gate=gate, gated_recall=gated_recall,
+                     gated_false_alarms=gated_fa)
 
 
 MIN_CLIPS = 3
@@ -641,6 +706,137 @@ def _advice(clips: Sequence[ClipWindows], used: Sequence[int]) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- AudioSet evidence
+GATE_TOP_K = 5
+"""Rank of a custom label's AudioSet rule: a class of its support set in the top k of 527."""
+GATE_FLOOR = 0.05
+"""... with at least this pooled probability."""
+GATE_CONTEXT_SECONDS = 2.0
+"""Seconds of sound pooled for a custom label's rule."""
+GATE_MAX_WAIT_SECONDS = 1.0
+"""How long a custom candidate may wait for its AudioSet evidence."""
+PROFILE_TOP = 5
+"""A class is in a take's AudioSet profile when it ranks in the take's top this many."""
+PROFILE_SHARE = 0.5
+"""... and in the profiles of at least this share of the takes to support the label."""
+SUPPORT_MAX = 6
+"""At most this many support classes (the most probable ones)."""
+BACKGROUND_SHARE = 0.1
+"""A class in the top :data:`PROFILE_TOP` of more than this share of the background files
+is what everything sounds like, not evidence for the label."""
+UNINFORMATIVE = ("Silence", "Speech", "Noise", "White noise", "Pink noise",
+                 "Environmental noise", "Static", "Hum", "Mains hum", "Inside, small room",
+                 "Inside, large room or hall", "Inside, public space",
+                 "Outside, urban or manmade", "Outside, rural or natural")
+"""Classes that say where or how loud, not what: never a custom label's evidence."""
+WARN_CLASSES = ("Silence", "Speech", "Noise", "White noise", "Pink noise",
+                "Environmental noise", "Static", "Hum", "Mains hum")
+"""A take whose top AudioSet class is one of these gets a warning."""
+
+
+def _class_index() -> dict[str, int]:
+    from .gate import audioset_classes
+
+    return {name: i for i, name in enumerate(audioset_classes())}
+
+
+def support_names(support: Sequence[int]) -> list[str]:
+    from .gate import audioset_classes
+
+    names = audioset_classes()
+    return [names[i] for i in support]
+
+
+def take_profile(clip: ClipWindows, gate_dbfs: float) -> np.ndarray:
+    """Mean AudioSet probabilities over the windows where the take's sound is."""
+    keep = positive_windows(clip, gate_dbfs)
+    if keep.size == 0:
+        keep = np.arange(clip.audioset.shape[0])
+    return clip.audioset[keep].mean(axis=0)
+
+
+def uninformative_take(name: str, profile: np.ndarray) -> str | None:
+    """A warning when the take's AudioSet profile is mostly silence, speech or noise."""
+    from .gate import audioset_classes
+
+    top = int(np.argmax(profile))
+    if audioset_classes()[top] in WARN_CLASSES:
+        return (f"{name}: AudioSet hears mostly \"{audioset_classes()[top]}\" in it "
+                f"({profile[top]:.2f}); record the sound itself, closer and with less "
+                "talking or noise, or it learns the room")
+    return None
+
+
+def background_classes(probs: np.ndarray | None, files: np.ndarray) -> set[int]:
+    """Classes in the top :data:`PROFILE_TOP` of more than :data:`BACKGROUND_SHARE` of the
+    background files (their windows' mean), plus :data:`UNINFORMATIVE`."""
+    index = _class_index()
+    out = {index[n] for n in UNINFORMATIVE}
+    if probs is None or probs.shape[0] == 0:
+        return out
+    files = np.asarray(files)
+    ids = np.unique(files)
+    counts = np.zeros(probs.shape[1])
+    for f in ids:
+        mean = probs[files == f].astype(np.float32).mean(axis=0)
+        counts[np.argsort(-mean)[:PROFILE_TOP]] += 1
+    return out | set(np.flatnonzero(counts > BACKGROUND_SHARE * len(ids)).tolist())
+
+
+def support_set(profiles: Sequence[np.ndarray], excluded: set[int]) -> list[int]:
+    """The classes ranking in the top :data:`PROFILE_TOP` of at least :data:`PROFILE_SHARE`
+    of the takes' profiles, not excluded, most probable first (at most
+    :data:`SUPPORT_MAX`)."""
+    if not profiles:
+        return []
+    stack = np.vstack(profiles)
+    counts = np.zeros(stack.shape[1])
+    for p in stack:
+        counts[np.argsort(-p)[:PROFILE_TOP]] += 1
+    mean = stack.mean(axis=0)
+    need = max(1, int(math.ceil(PROFILE_SHARE * len(profiles))))
+    ok = [i for i in np.argsort(-mean) if counts[i] >= need and int(i) not in excluded]
+    return [int(i) for i in ok[:SUPPORT_MAX]]
+
+
+def gate_rule(support: Sequence[int]) -> dict:
+    return {"support": [int(i) for i in support], "top_k": GATE_TOP_K, "floor": GATE_FLOOR,
+            "context_seconds": GATE_CONTEXT_SECONDS, "max_wait_seconds": GATE_MAX_WAIT_SECONDS}
+
+
+def clip_passes(clip: ClipWindows, scores: np.ndarray, threshold: float, smoothing: int,
+                rule: dict, context_windows: int, wait_windows: int) -> bool:
+    """Whether the take, scored ``scores`` per window, fires with the rule: a window whose
+    smoothed score reaches ``threshold`` and, within ``wait_windows`` after it, the
+    evidence pooled over ``context_windows`` ranks a support class as the rule says."""
+    from .gate import GateRule, supporting
+
+    g = GateRule(tuple(rule["support"]), rule["top_k"], rule["floor"])
+    k = max(1, smoothing)
+    smooth = np.convolve(scores, np.ones(k) / k)[:scores.size]
+    for i in np.flatnonzero(smooth >= threshold):
+        for j in range(i, min(scores.size, i + wait_windows + 1)):
+            pooled = clip.audioset[max(0, j - context_windows + 1):j + 1].mean(axis=0)
+            if supporting(pooled, g):
+                return True
+    return False
+
+
+def background_gated_share(window_scores: np.ndarray, files: np.ndarray, probs: np.ndarray,
+                           threshold: float, rule: dict) -> float:
+    """Share of background files with a window above ``threshold`` (held-out scores) whose
+    own AudioSet evidence passes the rule."""
+    from .gate import GateRule, supporting
+
+    g = GateRule(tuple(rule["support"]), rule["top_k"], rule["floor"])
+    files = np.asarray(files)
+    fired = set()
+    for w in np.flatnonzero(window_scores >= threshold):
+        if files[w] not in fired and supporting(probs[w].astype(np.float32), g):
+            fired.add(files[w])
+    return len(fired) / max(1, len(np.unique(files)))
+
+
 # --------------------------------------------------------------------------- background set
 def shipped_background_path(model_version: str) -> Path:
     """``detector/models/background-<model_version>.npz``: negatives of the shipped model."""
@@ -660,6 +856,9 @@ class BackgroundSet:
     origins: np.ndarray | None = None
     """Per file index, the file it is a copy of (a quieter copy, :data:`BACKGROUND_FARTHER_DB`);
     None: every file is its own."""
+    audioset: np.ndarray | None = None
+    """``[windows, 527]`` AudioSet probabilities of the windows (None: made with a model
+    without an audioset output, or before sets held them)."""
 
     def groups(self) -> np.ndarray:
         """Per window, the recording it comes from (a file and its copies are one)."""
@@ -679,6 +878,8 @@ class BackgroundSet:
             version = str(meta["model_version"])
             origins = (np.asarray(meta["origins"], dtype=np.int64)
                        if meta.get("origins") is not None else None)
+            probs = (np.asarray(data["audioset"], dtype=np.float32)
+                     if "audioset" in data.files else None)
         except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
             raise ModelError(f"background set {path} is unreadable ({type(exc).__name__}); "
                              "make it with `python -m export background-embeddings`") from None
@@ -687,7 +888,10 @@ class BackgroundSet:
                 origins is not None and (origins.shape != (len(kinds),) or (
                     origins.size and (origins.min() < 0 or origins.max() >= len(kinds))))):
             raise ModelError(f"background set {path} is inconsistent; make it again")
-        return cls(emb, files, kinds, version, origins)
+        if probs is not None and probs.shape != (emb.shape[0], 527):
+            raise ModelError(f"background set {path} has AudioSet evidence of the wrong "
+                             "shape; make it again")
+        return cls(emb, files, kinds, version, origins, probs)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -696,8 +900,11 @@ class BackgroundSet:
                 "embedding_dim": int(self.embeddings.shape[1]),
                 "origins": None if self.origins is None else [int(o) for o in self.origins]}
         with open(path, "wb") as out:
+            extra = ({"audioset": self.audioset.astype(np.float16)}
+                     if self.audioset is not None else {})
             np.savez_compressed(out, embeddings=self.embeddings.astype(np.float16),
-                                files=self.files.astype(np.int32), meta=np.array(json.dumps(meta)))
+                                files=self.files.astype(np.int32), meta=np.array(json.dumps(meta)),
+                                **extra)
         return path
 
     def without_kinds(self, kinds: Iterable[str]) -> "BackgroundSet":
@@ -705,7 +912,8 @@ class BackgroundSet:
         keep_files = np.array([k not in drop for k in self.kinds])
         mask = keep_files[self.files] if self.files.size else np.zeros(0, dtype=bool)
         return BackgroundSet(self.embeddings[mask], self.files[mask], self.kinds,
-                             self.model_version, self.origins)
+                             self.model_version, self.origins,
+                             None if self.audioset is None else self.audioset[mask])
 
 
 def matching_kinds(label: str, kinds: Iterable[str]) -> list[str]:

@@ -146,13 +146,13 @@ def _countdown(take: int, takes: int, pause: float, sleep) -> None:
 
 
 def _background(args, config, classifier, label: str
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray | None]:
     """Background embeddings, file ids and recording groups (a file and its quieter
     copies): the shipped (or given) set, minus the kinds that are this label, plus the
     user's own recordings."""
     meta = classifier.model_metadata
     lines: list[str] = []
-    embeddings, files, groups = [], [], []
+    embeddings, files, groups, probs = [], [], [], []
     next_id = 0
     if not args.no_shipped_background:
         path = (Path(args.background_set) if args.background_set
@@ -175,6 +175,7 @@ def _background(args, config, classifier, label: str
                 lines.append(f"background kinds left out (they are the sound or you asked): "
                              f"{', '.join(drop)}")
             embeddings.append(bg.embeddings)
+            probs.append(bg.audioset)
             files.append(bg.files)
             groups.append(bg.groups())
             next_id = len(bg.kinds)
@@ -204,6 +205,7 @@ def _background(args, config, classifier, label: str
         ids = next_id + (keep // 40)
         next_id = int(ids.max()) + 1
         embeddings.append(win.embeddings[keep])
+        probs.append(None if win.audioset is None else win.audioset[keep])
         files.append(ids)
         groups.append(ids)
     if user:
@@ -211,7 +213,9 @@ def _background(args, config, classifier, label: str
     if not embeddings:
         raise ConfigError("no background windows: pass --background recordings above the "
                           "energy gate")
-    return np.vstack(embeddings), np.concatenate(files), np.concatenate(groups), lines
+    audioset = (np.vstack(probs) if probs and all(p is not None for p in probs) else None)
+    return (np.vstack(embeddings), np.concatenate(files), np.concatenate(groups), lines,
+            audioset)
 
 
 def cmd_enroll(args: argparse.Namespace, load) -> int:
@@ -245,10 +249,15 @@ def cmd_enroll(args: argparse.Namespace, load) -> int:
     rate = meta.features.sample_rate
     clips = [custom.embed_clip(classifier, custom.read_audio(p, rate), config,
                                name=p.name, seed=k) for k, p in enumerate(paths)]
-    background, files, groups, lines = _background(args, config, classifier, label)
+    background, files, groups, lines, bg_audioset = _background(args, config, classifier,
+                                                                 label)
+    hop = config.model.window_hop_seconds or meta.window_hop_seconds or 0.25
+    context = max(1, 1 + int(round((custom.GATE_CONTEXT_SECONDS - meta.window_seconds) / hop)))
     result = custom.enroll(label, clips, background, files, meta.model_version,
                            config.events.gate_dbfs, config.events.smoothing_windows,
-                           background_groups=groups)
+                           background_groups=groups, background_audioset=bg_audioset,
+                           context_windows=context,
+                           wait_windows=int(round(custom.GATE_MAX_WAIT_SECONDS / hop)))
     replaced = (directory / f"{label}.npz").exists()
     path = result.head.save(directory)
     cpu = time.process_time() - cpu0
@@ -262,8 +271,21 @@ def cmd_enroll(args: argparse.Namespace, load) -> int:
     recall = ("n/a (one clip: nothing to hold out)" if result.recall is None
               else f"{100 * result.recall:.0f}% of your clips fire when held out "
                    f"(leave-one-clip-out, {len(result.clip_scores)} clips)")
-    print(f"expect: {recall}; {100 * result.false_alarms:.1f}% of held-out background "
-          "files fire")
+    print(f"expect without the AudioSet gate: {recall}; {100 * result.false_alarms:.1f}% of "
+          "held-out background files fire")
+    if result.gate is not None:
+        names = ", ".join(f'"{n}"' for n in custom.support_names(result.gate["support"]))
+        print(f"AudioSet evidence: {names} (an event of {label!r} needs one of them in the "
+              f"top {result.gate['top_k']} of 527 over {result.gate['context_seconds']:g} s, "
+              f"waiting up to {result.gate['max_wait_seconds']:g} s)")
+        g_recall = ("n/a" if result.gated_recall is None
+                    else f"{100 * result.gated_recall:.0f}% of your clips fire when held out")
+        g_fa = ("n/a (the background set holds no AudioSet evidence)"
+                if result.gated_false_alarms is None
+                else f"{100 * result.gated_false_alarms:.1f}% of held-out background files fire")
+        print(f"expect with the AudioSet gate: {g_recall}; {g_fa}")
+    elif classifier.audioset_name is None:
+        print(f"model {meta.model_version} has no audioset output: the label is not gated")
     for note in result.warnings:
         print(f"warning: {note}")
     print(f"{'replaced' if replaced else 'saved'} {path} ({cpu:.1f} s CPU); the daemon "

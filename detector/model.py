@@ -351,8 +351,10 @@ class Classifier:
 
         meta = self.model_metadata
         self.custom = heads if len(heads) else None
+        gates = heads.gates if self.audioset_name is not None else {}
         self.metadata = replace(meta, labels=(*meta.labels, *heads.labels),
-                                thresholds={**meta.thresholds, **heads.thresholds})
+                                thresholds={**meta.thresholds, **heads.thresholds},
+                                gate={**meta.gate, **gates})
 
     def attach_audioset(self, labels) -> None:
         """Score AudioSet classes (:class:`detector.audioset.AudioSetLabels`) as labels.

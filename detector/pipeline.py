@@ -279,6 +279,9 @@ class Pipeline:
         (exactly what ``events.audioset_gate = false`` publishes)."""
         self.embedding_rows: list[np.ndarray] = []
         """With ``record_scores`` and a model with an embedding: every window's embedding."""
+        self.audioset_rows: list[np.ndarray] = []
+        """With ``record_scores`` and a model with an audioset output: every window's
+        AudioSet logits."""
 
     # -- control from other threads
 
@@ -567,6 +570,9 @@ class Pipeline:
             embedding = getattr(self.classifier, "embedding", None)
             if embedding is not None:
                 self.embedding_rows.append(embedding.copy())
+            audioset = getattr(self.classifier, "audioset", None)
+            if audioset is not None:
+                self.audioset_rows.append(audioset.copy())
         for event in events:
             self._emit(event)
         if self.sinks.wants("window"):

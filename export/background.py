@@ -79,7 +79,7 @@ def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WIND
     rate = classifier.model_metadata.features.sample_rate
     kinds = sorted({k for _, k in files})
     file_kinds: list[str] = []
-    embeddings, ids = [], []
+    embeddings, ids, probs = [], [], []
     logging.getLogger("detector.pipeline").setLevel(logging.WARNING)
     gains = (0.0, *farther_db)
     for n, (path, kind) in enumerate(files):
@@ -92,6 +92,8 @@ def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WIND
             if keep.size:
                 embeddings.append(win.embeddings[keep])
                 ids.append(np.full(keep.size, file_id))
+                if win.audioset is not None:
+                    probs.append(win.audioset[keep])
         file_kinds.append(kind)
         if progress and (n + 1) % 50 == 0:
             logger.info("%d/%d files", n + 1, len(files))
@@ -99,7 +101,8 @@ def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WIND
     file_kinds = file_kinds * len(gains)
     origins = np.tile(np.arange(len(files)), len(gains))
     return BackgroundSet(np.vstack(embeddings), np.concatenate(ids), file_kinds,
-                         classifier.model_metadata.model_version, origins)
+                         classifier.model_metadata.model_version, origins,
+                         np.vstack(probs) if probs and len(probs) == len(embeddings) else None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
