@@ -347,6 +347,8 @@ class Classifier:
             raise ModelError(f"model {self.path.name} ({self.model_metadata.model_version}) "
                              "has no embedding output, so it cannot run custom labels")
         heads.check_model(self.model_metadata)
+        if self.audioset_labels is not None:
+            raise RuntimeError("attach custom heads before AudioSet labels")
         from dataclasses import replace
 
         meta = self.model_metadata
