@@ -404,7 +404,8 @@ class MqttSink(Sink):
         self._ever_connected = True
         logger.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
         client.subscribe([(self._t("set"), 1), (f"{self.settings.discovery_prefix}/status", 1),
-                          (node_config_filter(self.node_id, self.settings.discovery_prefix), 1)])
+                          (node_config_filter(self.node_id, self.settings.discovery_prefix), 1),
+                          (self._t("+", "state"), 1)])  # stale states: _clear_stale_state
         client.publish(self._t("status"), "online", qos=1, retain=True)
         self._publish_retained(client)
         self._connected.set()
@@ -474,6 +475,18 @@ class MqttSink(Sink):
             if topic in self._wanted_discovery:
                 return
         logger.info("MQTT: removing stale Home Assistant discovery %s", topic)
+        self._publish_latest(client, topic, b"")
+
+    def _clear_stale_state(self, client, topic: str) -> None:
+        """A retained ``…/<label>/state`` this node published for a label it no longer
+        has (a custom label removed, a model without it): delete it, as the label's
+        discovery configs are (:meth:`_clear_stale_config`)."""
+        with self._retained_lock:
+            current = {self._t(part, "state") for part in self._topics.values()}
+        if topic in current or not topic.startswith(self.prefix + "/"):
+            return
+        logger.info("MQTT: removing the retained state of a label this node no longer has: %s",
+                    _short_topic(topic))
         self._publish_latest(client, topic, b"")
 
     def _publish_latest(self, client, topic: str, payload) -> None:
@@ -618,6 +631,10 @@ class MqttSink(Sink):
                 return
             if message.topic.endswith("/config"):
                 self._clear_stale_config(client, message.topic, message.payload)
+                return
+            if message.topic.endswith("/state"):
+                if message.retain and message.payload:
+                    self._clear_stale_state(client, message.topic)
                 return
             if message.topic == self._t("set"):
                 if message.retain:

@@ -127,6 +127,40 @@ def test_discovery_turned_off_removes_what_an_earlier_run_published(mosquitto):
         sink.close()
 
 
+def test_a_label_gone_since_the_last_run_loses_its_retained_state_and_configs(mosquitto):
+    """A custom label removed from the custom directory (or a model without a label):
+    its retained …/<label>/state and discovery configs are cleared at the next start."""
+    node, disc = _ids("gone")
+    prefix = f"sound-detector/{node}"
+    settings = MqttConfig(enabled=True, host="127.0.0.1", port=mosquitto.port, node_id=node,
+                          discovery_prefix=disc)
+    # another node's knock, and a retained topic of this node that is not a label state
+    _publish_retained(mosquitto.port, [("sound-detector/elsewhere-gone/knock/state", "ON"),
+                                       (f"{prefix}/knock/notes", "kept")])
+    sink = MqttSink(settings)
+    sink.start(["siren", "knock"], "v1")                 # with the custom label knock
+    try:
+        _wait(lambda: len(_configs(mosquitto.port, disc, node)) == 5, "first discovery")
+        sink.event({"id": "1", "type": "start", "label": "knock", "score": 0.9})
+        _wait(lambda: retained_all(mosquitto.port, f"{prefix}/knock/state") ==
+              {f"{prefix}/knock/state": b"ON"}, "knock ON")
+    finally:
+        sink.close()
+    sink = MqttSink(settings)
+    sink.start(["siren"], "v1")                          # knock removed
+    try:
+        _wait(lambda: set(_configs(mosquitto.port, disc, node)) ==
+              {"binary_sensor/siren", "event/siren_event", "sensor/level"}, "knock configs gone")
+        _wait(lambda: set(retained_all(mosquitto.port, f"{prefix}/+/state")) ==
+              {f"{prefix}/siren/state"}, "knock state gone")
+        assert retained_all(mosquitto.port, f"{prefix}/knock/notes") == {
+            f"{prefix}/knock/notes": b"kept"}
+        assert retained_all(mosquitto.port, "sound-detector/elsewhere-gone/+/state") == {
+            "sound-detector/elsewhere-gone/knock/state": b"ON"}
+    finally:
+        sink.close()
+
+
 def test_state_off_is_published_once_per_connect(mosquitto):
     node, disc = _ids("once")
     rec = Recorder(mosquitto.port, [f"sound-detector/{node}/+/state",
