@@ -183,7 +183,11 @@ def test_runtime_control(mosquitto, sinks, caplog):
     sinks.append(sink)
     sink.start(["siren", "dog_bark"], "v1")
     rec = Recorder(mosquitto.port, [f"{prefix}/status"])
-    rec.wait_for(lambda m: sink.connected, what="sink connected")
+    # "online" follows the sink's SUBSCRIBE on its connection, so the broker has processed
+    # the subscription once it is seen (sink.connected alone does not say so: a …/set sent
+    # at once could reach the broker first on a loaded machine)
+    rec.wait_for(lambda m: sink.connected and rec.last(f"{prefix}/status") == b"online",
+                 what="sink connected and subscribed")
     with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
         rec.client.publish(f"{prefix}/set", b'{"labels": {"cat": {"enabled": false}}}', qos=1)
         rec.client.publish(f"{prefix}/set", b"\xff not json", qos=1)
@@ -212,7 +216,11 @@ def test_control_rejected_by_the_pipeline_is_a_warning(mosquitto, sinks, caplog)
     sinks.append(sink)
     sink.start(["siren"], "v1")
     rec = Recorder(mosquitto.port, [f"{prefix}/status"])
-    rec.wait_for(lambda m: sink.connected, what="sink connected")
+    # "online" follows the sink's SUBSCRIBE on its connection, so the broker has processed
+    # the subscription once it is seen (sink.connected alone does not say so: a …/set sent
+    # at once could reach the broker first on a loaded machine)
+    rec.wait_for(lambda m: sink.connected and rec.last(f"{prefix}/status") == b"online",
+                 what="sink connected and subscribed")
     with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
         rec.client.publish(f"{prefix}/set", b'{"labels": {"siren": {"threshold_off": 0.9}}}')
         rec.wait_for(lambda m: calls, what="control call")
