@@ -80,18 +80,23 @@ class Evidence:
         self._cache.clear()
         self._cache_at = now
 
-    def pooled(self, now: float, context_seconds: float) -> np.ndarray | None:
-        """Mean probability of every class over the context ending at ``now`` (None: no
-        window heard yet)."""
-        if self._cache_at == now and context_seconds in self._cache:
-            return self._cache[context_seconds]
+    def pooled(self, now: float, context_seconds: float,
+               since: float | None = None) -> np.ndarray | None:
+        """Mean probability of every class over the context ending at ``now``, and only
+        over windows ending at ``since`` or later when given (the sound's onset window on:
+        the room before a sound does not dilute its evidence). None: no window heard."""
+        key = (context_seconds, since)
+        if self._cache_at == now and key in self._cache:
+            return self._cache[key]
         horizon = now - max(0.0, context_seconds - self.window_seconds) - 1e-6
+        if since is not None:
+            horizon = max(horizon, since - 1e-3)
         rows = [p for t, p in self._items if horizon <= t <= now + 1e-6]
         if not rows:
             return None
         pooled = rows[0] if len(rows) == 1 else np.mean(rows, axis=0)
         if self._cache_at == now:
-            self._cache[context_seconds] = pooled
+            self._cache[key] = pooled
         return pooled
 
 
@@ -112,7 +117,18 @@ def supporting(pooled: np.ndarray, rule: GateRule) -> list[int]:
 class _Candidate:
     start: dict
     deadline: float
+    onset: float | None = None
+    """Stream time of the window where the label turned on (its evidence starts there)."""
     end: dict | None = None
+
+
+def _stamp(iso: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except (AttributeError, ValueError):
+        return None
 
 
 class EventGate:
@@ -148,10 +164,11 @@ class EventGate:
         """A gap in the audio: forget the evidence (waiting candidates keep their deadline)."""
         self.evidence.reset()
 
-    def check(self, label: str, now: float) -> list[str]:
-        """Names of the classes supporting ``label`` now (empty: not supported)."""
+    def check(self, label: str, now: float, since: float | None = None) -> list[str]:
+        """Names of the classes supporting ``label`` now, on the evidence since ``since``
+        (the candidate's onset) within its context (empty: not supported)."""
         rule = self.rules[label]
-        pooled = self.evidence.pooled(now, rule.context_seconds)
+        pooled = self.evidence.pooled(now, rule.context_seconds, since)
         return [self.class_names[i] for i in supporting(pooled, rule)]
 
     def top(self, now: float, n: int = 5, context_seconds: float | None = None
@@ -175,7 +192,7 @@ class EventGate:
                 continue
             if event["type"] == "start":
                 self._waiting[event["id"]] = _Candidate(
-                    event, now + self.rules[label].max_wait_seconds)
+                    event, now + self.rules[label].max_wait_seconds, _stamp(event["start"]))
             elif event["id"] in self._waiting:
                 self._waiting[event["id"]].end = event
             elif event["id"] in self._published:
@@ -184,7 +201,7 @@ class EventGate:
             # an end whose start was dropped is dropped too
         for key in list(self._waiting):
             cand = self._waiting[key]
-            names = self.check(cand.start["label"], now)
+            names = self.check(cand.start["label"], now, cand.onset)
             if names:
                 del self._waiting[key]
                 self.passed += 1
@@ -207,7 +224,7 @@ class EventGate:
         """End of stream: decide every waiting candidate on the evidence there is."""
         out = []
         for key, cand in list(self._waiting.items()):
-            names = self.check(cand.start["label"], now)
+            names = self.check(cand.start["label"], now, cand.onset)
             if names:
                 self.passed += 1
                 cand.start["evidence"] = names

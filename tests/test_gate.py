@@ -61,8 +61,10 @@ def test_evidence_is_the_mean_over_the_windows_that_hear_the_context():
     assert e.pooled(3.0, 3.0) is None
 
 
-def start(label="siren", id_="a", onset="2026-01-01T00:00:00.000Z"):
-    return {"id": id_, "type": "start", "label": label, "start": onset}
+def start(label="siren", id_="a", onset=1.0):
+    from detector.events import iso_utc
+
+    return {"id": id_, "type": "start", "label": label, "start": iso_utc(onset)}
 
 
 def end(label="siren", id_="a"):
@@ -81,7 +83,7 @@ def test_a_supported_candidate_is_published_at_once_with_its_evidence():
     out = g.filter([start()], 1.0)
     assert [e["type"] for e in out] == ["start"]
     assert out[0]["evidence"] == ["Siren"]
-    assert out[0]["start"] == "2026-01-01T00:00:00.000Z"  # the onset, not the decision
+    assert out[0]["start"] == start()["start"]  # the onset, not the decision
     out = g.filter([end()], 2.0)
     assert out[0]["type"] == "end" and out[0]["evidence"] == ["Siren"]
     assert (g.passed, g.dropped) == (1, 0)
@@ -97,6 +99,20 @@ def test_a_candidate_waits_for_support_and_its_end_waits_with_it():
     out = g.filter([], 1.5)
     assert [e["type"] for e in out] == ["start", "end"]
     assert all(e["evidence"] == ["Siren"] for e in out)
+
+
+def test_the_room_before_a_sound_does_not_dilute_its_evidence():
+    g = gate(wait=1.0)
+    g.rules["siren"] = GateRule(support=(SIREN,), top_k=1, context_seconds=3.0,
+                                max_wait_seconds=1.0)
+    g.evidence = Evidence(1.0, 3.0)
+    for t in (1.0, 1.25, 1.5, 1.75, 2.0):  # quiet room: "Silence" first
+        g.add(t, ev(**{str(NAMES.index("Silence")): 0.9}))
+    g.add(2.25, ev(**{str(SIREN): 0.6, str(NAMES.index("Silence")): 0.05}))
+    # over the whole 3 s context, Silence (mean 0.76) outranks Siren (0.11): a siren that
+    # began at 2.25 s is judged on its own windows
+    out = g.filter([start(onset=2.25)], 2.25)
+    assert [e["evidence"] for e in out] == [["Siren"]]
 
 
 def test_an_unsupported_candidate_is_dropped_with_its_end():
