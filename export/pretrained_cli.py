@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: <data>/pretrained/audioset_ontology.json)")
     parser.add_argument("--crossval", action="store_true", help="run the four rotations")
     parser.add_argument("--rotations", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--eval-only", action="store_true",
+                        help="only judge the rotation models already in --run again (after a "
+                             "change of the daemon's decisions): rot<k>/model.onnx through "
+                             "stream-eval, summary.json updated; no training")
     parser.add_argument("--no-stream-eval", action="store_true",
                         help="skip the daemon replay of each rotation (offline numbers only)")
     parser.add_argument("--out", help="write the final model here (skip: no final model)")
@@ -165,7 +169,59 @@ def fit(args, P, cache, samples, rows, matrix, seed, ontology=None):
     return head, floors, thresholds, history, {}
 
 
+def judge_rotation(path: Path, data: Path, rot: int, limit: int, out: Path) -> dict:
+    """Stream-evaluate one rotation model (gate on, and off from the same replay) into
+    ``out``; the summary entries ``stream`` / ``stream_nogate``."""
+    from .stream_eval import evaluate, markdown, plot
+
+    # one replay judges the model as shipped and, from the events before the gate, as it
+    # would be with events.audioset_gate = false
+    result = evaluate(path, data, [rot], limit=limit)
+    off = result.pop("gate_off", None)
+    results = [("stream", result)] + ([("stream_nogate", {**result, **off})] if off else [])
+    entry = {}
+    for name, res in results:
+        (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+        (out / f"{name}.md").write_text(markdown(res))
+        plot(res, out / f"{name}.png")
+        entry[name] = {k: res[k] for k in ("labelled", "everyday", "room_noise")}
+    return entry
+
+
+def update_summary(run_dir: Path, rot: int, entry: dict) -> None:
+    """Merge ``entry`` into rotation ``rot`` of ``summary.json`` (under a lock: several
+    ``--eval-only`` processes may finish at once)."""
+    import fcntl
+
+    with open(run_dir / "summary.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = run_dir / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["rotations"][str(rot)].update(entry)
+        path.write_text(json.dumps(summary, indent=1, default=str))
+
+
+def reevaluate(args) -> int:
+    from detector.errors import ConfigError
+
+    run_dir, data = Path(args.run), Path(args.data)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"--eval-only: {summary_path} does not exist; train with --crossval")
+    rotations = json.loads(summary_path.read_text()).get("rotations", {})
+    for rot in args.rotations:
+        model = run_dir / f"rot{rot}" / "model.onnx"
+        if str(rot) not in rotations or not model.is_file():
+            raise ConfigError(f"--eval-only: rotation {rot} has no model in {run_dir}")
+        t0 = time.time()
+        update_summary(run_dir, rot, judge_rotation(model, data, rot, args.limit, model.parent))
+        logger.info("rotation %d judged again in %.0f s", rot, time.time() - t0)
+    return 0
+
+
 def run(args) -> int:
+    if args.eval_only:
+        return reevaluate(args)
     from . import pretrained as P
     from .mn04 import load_weights
 
@@ -195,7 +251,6 @@ def run(args) -> int:
                      "rotations": {}}
     run_dir = Path(args.run)
     if args.crossval:
-        from .stream_eval import evaluate, markdown, plot
         for rot in args.rotations:
             t0 = time.time()
             train = np.where(group != rot)[0]
@@ -217,17 +272,7 @@ def run(args) -> int:
                 meta = P.metadata(f"{args.model_version}-rot{rot}",
                                   f"rotation {rot} of {run_dir.name}", thresholds, gate)
                 path, _ = P.export_model(weights, head, matrix, floors, meta, out / "model.onnx")
-                # one replay judges the model as shipped and, from the events before the
-                # gate, as it would be with events.audioset_gate = false
-                result = evaluate(path, data, [rot], limit=args.limit)
-                off = result.pop("gate_off", None)
-                results = [("stream", result)] + ([("stream_nogate", {**result, **off})]
-                                                  if off else [])
-                for name, res in results:
-                    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
-                    (out / f"{name}.md").write_text(markdown(res))
-                    plot(res, out / f"{name}.png")
-                    entry[name] = {k: res[k] for k in ("labelled", "everyday", "room_noise")}
+                entry.update(judge_rotation(path, data, rot, args.limit, out))
             summary["rotations"][str(rot)] = entry
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.out:

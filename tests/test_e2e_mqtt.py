@@ -75,8 +75,10 @@ def test_replay_publishes_the_contract(mosquitto, model, tmp_path):
     events = [json.loads(p) for p in rec.wait_count(f"{prefix}/events", 4)]
     assert events == printed, "MQTT carries exactly what stdout printed, in order"
     for e in events:
-        assert set(EVENT_KEYS) <= set(e) and set(e) - set(EVENT_KEYS) <= {"clip", "offset_s"}
+        assert set(EVENT_KEYS) <= set(e) and set(e) - set(EVENT_KEYS) <= {
+            "clip", "offset_s", "published_offset_s", "evidence"}
         assert isinstance(e["offset_s"], float)  # replay: the position in the file
+        assert e["published_offset_s"] >= e["offset_s"]  # published at or after the onset
         assert e["node"] == node and e["model"] == "band-test-1"
     for end in (events[1], events[3]):
         assert Path(end["clip"]).is_file() and Path(end["clip"]).parent == clips

@@ -193,6 +193,15 @@ def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     judged = json.loads((tmp_path / "se" / "x.json").read_text())
     assert judged["events_config"] == {"audioset_gate": False}
     assert judged["model_config"] == {"onset_hop_seconds": 0}
+    # judged again without training: the stream files are rewritten, summary.json updated
+    (run / "rot0" / "stream.json").unlink()
+    done = subprocess.run(cmd[:cmd.index("--crossval")] + ["--eval-only", "--rotations", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "rot0" / "stream.json").is_file()
+    again = json.loads((run / "summary.json").read_text())["rotations"]["0"]
+    assert again["stream"]["labelled"]["recall"] == summary["rotations"]["0"]["stream"][
+        "labelled"]["recall"]
     clip = tmp_path / "siren.wav"
     sf.write(clip, np.concatenate([np.zeros(SR, np.float32), sweep(3.0, rng),
                                    np.zeros(SR, np.float32)]), SR)
