@@ -30,7 +30,8 @@ from bench._common import (REPO, child_env, export_revision, head, machine,  # n
                            rss_mb, run_child, save, write_scene_in_child)
 
 STATS = re.compile(r"stats: (?P<audio>[\d.]+) s of audio, (?P<windows>\d+) windows, "
-                   r"(?P<events>\d+) events; CPU (?P<cpu>[\d.]+) s = (?P<per_s>[\d.]+) ms.*"
+                   r"(?P<events>\d+) events(?: \([^)]*\))?; "
+                   r"CPU (?P<cpu>[\d.]+) s = (?P<per_s>[\d.]+) ms.*"
                    r"peak (?P<peak>[\d.]+) MB")
 
 

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 LOSS_REPORT_SECONDS = 60.0
 """Lost messages are reported in one ERROR line at the first loss, then at most this often."""
-MIN_FREE_BYTES = 64 * 1024 * 1024
+MIN_FREE_BYTES = 64_000_000
 """At start, a warning when the outbox's filesystem has less free space than this."""
 RETRY_SECONDS = 1.0
 """Messages held in memory after a failed write are written again at most this often
