@@ -43,7 +43,7 @@ from bench._common import (REPO, Broker, child_env, export_revision, head,  # no
                            machine, rss_mb, run_child, save, write_scene_in_child)
 
 STATS = re.compile(r"stats: (?P<audio>[\d.]+) s of audio, (?P<windows>\d+) windows, "
-                   r"(?P<events>\d+) events;.*peak (?P<peak>[\d.]+) MB")
+                   r"(?P<events>\d+) events(?: \([^)]*\))?;.*peak (?P<peak>[\d.]+) MB")
 EVENT_KEYS = ("type", "label", "score", "peak_score", "duration_s", "level_dbfs", "offset_s")
 
 

@@ -53,6 +53,17 @@ error line alone (see :func:`hold_logs`)."""
 
 
 class _Handler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment (not the one at setup: a handler that
+    outlives a redirected stderr must not write to a closed file)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; sys.stderr rules
+        pass
+
     def emit(self, record: logging.LogRecord) -> None:
         if _held is not None:
             _held.append(record)

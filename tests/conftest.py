@@ -102,3 +102,16 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "urbansound8k").is_dir():
         pytest.skip(f"real data not found at ../shared/data (see README, 'Data')")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_cli_log_handler():
+    """A test that runs ``detector.cli.main`` in-process leaves its stderr log handler on
+    the root logger; without this, every later test's log lines would print through it."""
+    yield
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_sound_detector", False):
+            root.removeHandler(handler)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -17,10 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 
-from conftest import Mosquitto
+from conftest import Mosquitto, free_port
+from mqtt_helpers import Recorder
 from onnx_models import make_band_model, write_tone_wav
 from test_e2e_mqtt import SIREN, daemon, write_config
 
@@ -151,31 +152,62 @@ def test_disk_full_replay_with_the_broker_away_exits_non_zero_and_counts(small_f
                             "sound_detector_events_lost_total)")
 
 
-def test_disk_full_then_the_broker_comes_back_delivers_every_event(small_fs, tmp_path):
-    broker = Mosquitto(tmp_path)
-    broker.stop()  # keep sessions across restarts: the subscriber misses nothing
-    broker.conf.write_text(f"listener {broker.port} 127.0.0.1\nallow_anonymous true\n"
-                           f"persistence true\npersistence_location {tmp_path}/\n")
-    broker.start()
+class Gate:
+    """The broker's way in for the daemon: nothing listens on ``port`` until
+    :meth:`open`, then every connection is relayed to the real broker. The test's
+    subscriber talks to the broker directly, subscribed before the daemon can reach it."""
+
+    def __init__(self, target: int):
+        self.port, self.target = free_port(), target
+        self._server: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        for sock in [self._server, *self._sockets]:
+            if sock is not None:
+                sock.close()
+
+
+def test_disk_full_then_the_broker_comes_back_delivers_every_event(small_fs, tmp_path,
+                                                                   mosquitto):
     node = f"back-{uuid.uuid4().hex[:6]}"
     prefix = f"sound-detector/{node}"
-    got: list[dict] = []
-    subscribed = threading.Event()
-    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sub-{node}",
-                      clean_session=False)
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/events", 1)
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
-    sub.reconnect_delay_set(0.2, 1)
-    sub.connect_async("127.0.0.1", broker.port)
-    sub.loop_start()
+    rec = Recorder(mosquitto.port, [f"{prefix}/events"])
+    gate = Gate(mosquitto.port)  # the broker is away for the daemon until the gate opens
     proc = None
     try:
-        assert subscribed.wait(20)
-        broker.stop()  # the broker goes away (the subscription is saved)
         model = make_band_model(tmp_path / "tiny.onnx")
         queue = small_fs / "state" / "outbox.sqlite"
-        conf = write_config(tmp_path / "c.toml", broker.port, node, f"ha-{node}",
+        conf = write_config(tmp_path / "c.toml", gate.port, node, f"ha-{node}",
                             mqtt__queue_path=f'"{queue}"')
         tones = [(1.0 + 2 * i, 2.0 + 2 * i, SIREN) for i in range(6)]
         wav = write_tone_wav(tmp_path / "tones.wav", tones, seconds=16.0)
@@ -185,7 +217,7 @@ def test_disk_full_then_the_broker_comes_back_delivers_every_event(small_fs, tmp
                  "the MQTT sink to start")
         fill(small_fs)
         out.wait(lambda lines: len(lines) >= 4, 60, "four events printed")
-        broker.start()  # the broker comes back while the disk is still full
+        gate.open()  # the broker comes back while the disk is still full
         proc.wait(120)
         printed = [json.loads(line) for line in out.join()]
         errlines = err.join()
@@ -193,15 +225,13 @@ def test_disk_full_then_the_broker_comes_back_delivers_every_event(small_fs, tmp
         assert not any("Traceback" in line for line in errlines)
         assert any("refuses writes" in line for line in errlines)  # the disk said so
         assert not any("LOST" in line for line in errlines)
-        deadline = time.monotonic() + 30
-        while len(got) < len(printed) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        ids = [(e["id"], e["type"]) for e in got]
         assert len(printed) == 12
+        got = rec.wait_count(f"{prefix}/events", len(printed))
+        ids = [(e["id"], e["type"]) for e in map(json.loads, got)]
         assert list(dict.fromkeys(ids)) == [(e["id"], e["type"]) for e in printed]
         assert stored_events(queue) == []  # delivered from memory: nothing left behind
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
-        sub.loop_stop()
-        broker.stop()
+        rec.close()
+        gate.close()
