@@ -580,7 +580,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                               "--custom DIR or model.custom_dir") from None
         meta = classifier.metadata
         detail = f" (model {meta.model_version}: {len(meta.event_labels)} event labels"
-        detail += f"; custom: {', '.join(custom)})" if custom else ")"
+        detail += f"; custom: {', '.join(custom)}" if custom else ""
+        if classifier.audioset_labels is not None:
+            detail += f"; AudioSet: {', '.join(classifier.audioset_labels.labels)}"
+        detail += ")"
     print(f"OK: {args.path}{detail}")
     return 0
 

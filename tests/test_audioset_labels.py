@@ -183,3 +183,34 @@ def test_scores_of_audioset_labels_come_from_the_same_pass(model):
     assert meta.thresholds["alarm"] == audioset.THRESHOLD
     assert meta.gate["alarm"]["top_k"] == audioset.TOP_K
     _ = Config()
+
+
+def test_an_audioset_label_reaches_mqtt_and_home_assistant(mosquitto, model, tmp_path):
+    """Real Mosquitto: its state topic, its event with the evidence, its Home Assistant
+    discovery named by the AudioSet name."""
+    import uuid
+
+    from mqtt_helpers import Recorder, retained
+
+    node, disc = f"as-{uuid.uuid4().hex[:6]}", f"ha-{uuid.uuid4().hex[:6]}"
+    prefix = f"sound-detector/{node}"
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[events]\naudioset_labels = ["{SMOKE}"]\n\n[mqtt]\nenabled = true\n'
+                    f'host = "127.0.0.1"\nport = {mosquitto.port}\nnode_id = "{node}"\n'
+                    f'discovery_prefix = "{disc}"\n')
+    conf.chmod(0o600)
+    wav = write_tone_wav(tmp_path / "alarm.wav", [(1.0, 4.0, 1500.0)], seconds=6.0)
+    rec = Recorder(mosquitto.port, [f"{prefix}/#", f"{disc}/#"])
+    proc = cli("replay", wav, "--model", model, "--config", conf)
+    assert proc.returncode == 0, proc.stderr
+    label = "smoke_detector_smoke_alarm"
+    events = [json.loads(p) for p in rec.wait_count(f"{prefix}/events", 2)]
+    assert [(e["type"], e["label"]) for e in events] == [("start", label), ("end", label)]
+    assert events[0]["evidence"] == [SMOKE]
+    assert rec.payloads(f"{prefix}/{label}/state")[-2:] == [b"ON", b"OFF"]
+    assert retained(mosquitto.port, f"{prefix}/{label}/state") == b"OFF"
+    config = json.loads(retained(mosquitto.port, f"{disc}/binary_sensor/{node}/{label}/config"))
+    assert config["name"] == SMOKE
+    event_cfg = json.loads(retained(mosquitto.port, f"{disc}/event/{node}/{label}_event/config"))
+    assert event_cfg["name"] == f"{SMOKE} event"
+    rec.close()
