@@ -66,13 +66,18 @@ def load_runs(runs: list[Path]) -> dict:
             json.loads((extra / "summary.json").read_text()).get("rotations", {}))
     for key, entry in summary.get("rotations", {}).items():
         for name in ("stream", "stream_nogate"):
-            stream = entry.get(name)
+            # the rotation's stream files are the source (``--eval-only`` rewrites them)
             for run in runs:
                 path = run / f"rot{key}" / f"{name}.json"
-                if stream and path.is_file() and not stream["labelled"].get("rows"):
-                    rows = json.loads(path.read_text())["rows"]
-                    stream["labelled"]["rows"] = [r for r in rows if r["label"] != "background"]
-                    stream["everyday"]["rows"] = [r for r in rows if r["label"] == "background"]
+                if path.is_file():
+                    result = json.loads(path.read_text())
+                    rows = result["rows"]
+                    entry[name] = {k: result[k] for k in ("labelled", "everyday", "room_noise")}
+                    entry[name]["labelled"]["rows"] = [r for r in rows
+                                                       if r["label"] != "background"]
+                    entry[name]["everyday"]["rows"] = [r for r in rows
+                                                       if r["label"] == "background"]
+                    break
     return summary
 
 
