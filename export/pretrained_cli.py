@@ -208,13 +208,14 @@ def reevaluate(args) -> int:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise ConfigError(f"--eval-only: {summary_path} does not exist; train with --crossval")
-    rotations = json.loads(summary_path.read_text()).get("rotations", {})
     for rot in args.rotations:
         model = run_dir / f"rot{rot}" / "model.onnx"
-        if str(rot) not in rotations or not model.is_file():
+        if not model.is_file():
             raise ConfigError(f"--eval-only: rotation {rot} has no model in {run_dir}")
         t0 = time.time()
-        update_summary(run_dir, rot, judge_rotation(model, data, rot, args.limit, model.parent))
+        entry = judge_rotation(model, data, rot, args.limit, model.parent)
+        if str(rot) in json.loads(summary_path.read_text()).get("rotations", {}):
+            update_summary(run_dir, rot, entry)
         logger.info("rotation %d judged again in %.0f s", rot, time.time() - t0)
     return 0
 
