@@ -707,14 +707,15 @@ def _advice(clips: Sequence[ClipWindows], used: Sequence[int]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- AudioSet evidence
-GATE_TOP_K = 5
-"""Rank of a custom label's AudioSet rule: a class of its support set in the top k of 527."""
-GATE_FLOOR = 0.05
-"""... with at least this pooled probability."""
-GATE_CONTEXT_SECONDS = 2.0
-"""Seconds of sound pooled for a custom label's rule."""
-GATE_MAX_WAIT_SECONDS = 1.0
-"""How long a custom candidate may wait for its AudioSet evidence."""
+from .audioset import (CONTEXT_SECONDS as GATE_CONTEXT_SECONDS,  # noqa: E402
+                       FLOOR as GATE_FLOOR, MAX_WAIT_SECONDS as GATE_MAX_WAIT_SECONDS,
+                       TOP_K as GATE_TOP_K)
+
+# A custom label's rule is the AudioSet labels' rule with their calibrated defaults (a support
+# class in the top 10 of 527 over 3 s, waiting up to 2 s). On the four labels of
+# bench/custom_gate.py (model test-rot0, 71% recall and 12.0% of other kinds firing without
+# a gate) it gives 43% and 7.4%; the top 5 over 2 s (floor 0.05, 1 s wait) 23% and 3.7%
+# (bench/results/custom_gate_test-rot0-k10.md, -k5.md).
 PROFILE_TOP = 5
 """A class is in a take's AudioSet profile when it ranks in the take's top this many."""
 PROFILE_SHARE = 0.5
@@ -874,12 +875,12 @@ class BackgroundSet:
                 emb = np.asarray(data["embeddings"], dtype=np.float32)
                 files = np.asarray(data["files"], dtype=np.int64)
                 meta = json.loads(str(data["meta"]))
+                probs = (np.asarray(data["audioset"], dtype=np.float32)
+                         if "audioset" in data.files else None)
             kinds = [str(k) for k in meta["kinds"]]
             version = str(meta["model_version"])
             origins = (np.asarray(meta["origins"], dtype=np.int64)
                        if meta.get("origins") is not None else None)
-            probs = (np.asarray(data["audioset"], dtype=np.float32)
-                     if "audioset" in data.files else None)
         except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
             raise ModelError(f"background set {path} is unreadable ({type(exc).__name__}); "
                              "make it with `python -m export background-embeddings`") from None

@@ -128,3 +128,17 @@ def test_a_take_that_is_mostly_speech_or_silence_is_warned():
     assert note and '"Speech"' in note and "take1.wav" in note
     p[NAMES.index("Doorbell")] = 0.9
     assert custom.uninformative_take("take1.wav", p) is None
+
+
+def test_a_background_set_keeps_its_audioset_evidence(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.random((6, len(NAMES))).astype(np.float32)
+    bg = custom.BackgroundSet(rng.standard_normal((6, 4)).astype(np.float32),
+                              np.array([0, 0, 1, 1, 2, 2]), ["a", "b", "a"], "v1",
+                              audioset=probs)
+    back = custom.BackgroundSet.load(bg.save(tmp_path / "bg.npz"))
+    assert back.audioset.shape == (6, len(NAMES))
+    np.testing.assert_allclose(back.audioset, probs, atol=1e-3)  # stored as float16
+    assert back.without_kinds(["b"]).audioset.shape == (4, len(NAMES))
+    plain = custom.BackgroundSet(bg.embeddings, bg.files, bg.kinds, "v1")
+    assert custom.BackgroundSet.load(plain.save(tmp_path / "plain.npz")).audioset is None
