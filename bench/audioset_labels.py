@@ -398,7 +398,6 @@ def main(argv=None) -> int:
                          "rank_rule_per_label_decision": round(t_rank * 1e6, 2)}
 
     if args.sweep:
-        sim_check = {}
         rows = sweep(records, labels, classifier, config, cal_pos, cal_neg, list(CALIBRATION))
         ok = [r for r in rows if r["negatives_firing"] <= 0.015]
         best = max(ok, key=lambda r: (r["recall"], -r["max_wait_seconds"],
@@ -408,7 +407,6 @@ def main(argv=None) -> int:
                            "calibration_negatives": len(cal_neg), "chosen": best,
                            "top10": sorted(ok, key=lambda r: -r["recall"])[:10]}
         logging.info("sweep chose %s", best)
-        del sim_check
 
     if not args.no_peer:
         with tempfile.TemporaryDirectory() as tmp:

@@ -591,13 +591,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_labels(args: argparse.Namespace) -> int:
     from .audioset import label_rows
 
-    config, classifier = _load(args)
+    _, classifier = _load(args)
     meta = classifier.metadata
     custom = classifier.custom.labels if classifier.custom is not None else ()
     chosen = (set(classifier.audioset_labels.labels) if classifier.audioset_labels is not None
               else set())
-    builtin = [x for x in classifier.model_metadata.labels]
-    rows = label_rows(builtin, meta.background_labels, custom, args.search)
+    rows = label_rows(classifier.model_metadata.labels, meta.background_labels, custom, args.search)
     if not rows:
         print(f"no label or AudioSet name holds {args.search!r}")
         return 1
