@@ -213,3 +213,40 @@ def test_an_audioset_label_reaches_mqtt_and_home_assistant(mosquitto, model, tmp
     event_cfg = json.loads(retained(mosquitto.port, f"{disc}/event/{node}/{label}_event/config"))
     assert event_cfg["name"] == f"{SMOKE} event"
     rec.close()
+
+
+def test_runtime_control_switches_an_audioset_label_like_a_built_in_one(model):
+    from dataclasses import replace
+
+    from detector.config import Config
+    from detector.custom import ArraySource
+    from detector.model import Classifier
+    from detector.pipeline import Pipeline
+    from detector.sink import Sink
+
+    class Starts(Sink):
+        def __init__(self):
+            self.labels = []
+
+        def event(self, event):
+            if event["type"] == "start":
+                self.labels.append(event["label"])
+
+    clf = Classifier(model)
+    clf.attach_audioset(audioset.AudioSetLabels((SMOKE,)))
+    config = Config()
+    config = replace(config, events=replace(config.events, audioset_labels=(SMOKE,)))
+    audio = tone_signal([(1.0, 4.0, 1500.0)], 6.0)
+    label = "smoke_detector_smoke_alarm"
+    for enabled, expected in ((True, [label]), (False, [])):
+        sink = Starts()
+        pipe = Pipeline(config, ArraySource(audio, 16000), clf, [sink], node="t")
+        pipe.apply_control({"labels": {label: {"enabled": enabled}}})
+        pipe.run()
+        assert sink.labels == expected
+    # its thresholds are set the same way
+    pipe = Pipeline(config, ArraySource(audio, 16000), clf, [Starts()], node="t")
+    assert pipe.tracker.thresholds(label)[0] == audioset.THRESHOLD
+    pipe.apply_control({"labels": {label: {"threshold_on": 0.5, "threshold_off": 0.2}}})
+    pipe.run()
+    assert pipe.tracker.thresholds(label) == (0.5, 0.2)
