@@ -289,6 +289,7 @@ def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0,
                    "model_config": model_config or {},
                    "stream_seconds": round(len(audio) / 16000, 1),
                    "date": datetime.now().strftime("%Y-%m-%d"),
+                   "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
                    "machine": f"{platform.machine()} {os.cpu_count()} cores"})
     return result
 
