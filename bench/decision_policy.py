@@ -197,7 +197,7 @@ def decide(run: dict, policy: dict, phase: int) -> list[tuple[str, float, float]
     for i in chosen:
         for ev in tracker.update(scores[i], float(levels[i]), float(times[i])):
             if ev["type"] == "start":
-                out.append((ev["label"], float(times[i]), ev["score"]))
+                out.append((ev["label"], float(times[i]), float(times[i]), ev["score"]))
     return out
 
 
