@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "change of the daemon's decisions): rot<k>/model.onnx through "
                              "stream-eval, summary.json updated; no training")
     parser.add_argument("--no-stream-eval", action="store_true",
-                        help="skip the daemon replay of each rotation (offline numbers only)")
+                        help="export each rotation model but skip its daemon replay (judge it "
+                             "later, e.g. in another process, with --eval-only)")
     parser.add_argument("--out", help="write the final model here (skip: no final model)")
     parser.add_argument("--model-version", default="1.0.0")
     parser.add_argument("--seed", type=int, default=0)
@@ -268,11 +269,11 @@ def run(args) -> int:
                      "held_out_folds": list(P.FOLD_GROUPS[rot]),
                      "held_out_kinds": list(P.KIND_GROUPS[rot])}
             logger.info("rotation %d: clip accuracy %.3f", rot, acc)
+            out = run_dir / f"rot{rot}"
+            meta = P.metadata(f"{args.model_version}-rot{rot}",
+                              f"rotation {rot} of {run_dir.name}", thresholds, gate)
+            path, _ = P.export_model(weights, head, matrix, floors, meta, out / "model.onnx")
             if not args.no_stream_eval:
-                out = run_dir / f"rot{rot}"
-                meta = P.metadata(f"{args.model_version}-rot{rot}",
-                                  f"rotation {rot} of {run_dir.name}", thresholds, gate)
-                path, _ = P.export_model(weights, head, matrix, floors, meta, out / "model.onnx")
                 entry.update(judge_rotation(path, data, rot, args.limit, out))
             summary["rotations"][str(rot)] = entry
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
