@@ -106,8 +106,11 @@ def pooled_row(rots: dict, key: str = "stream") -> dict | None:
         mine = [r for r in lab_rows if r["label"] == label]
         per_class[label] = sum(r.get("delay_s") is not None for r in mine) / len(mine)
     casual = [r for r in ev_rows if r["kind"] == "sesa:casual"]
+    other = [r for r in ev_rows if r["kind"] != "sesa:casual"]
     return {"per_class": per_class,
             "casual": sum(bool(r.get("fired")) for r in casual) / len(casual) if casual else None,
+            "everyday_other": sum(bool(r.get("fired")) for r in other) / max(1, len(other)),
+            "everyday_other_clips": len(other),
             "clip_accuracy": float(np.mean([e["clip_accuracy"] for e in rots.values()])),
             "recall": len(delays) / len(lab_rows),
             "wrong": sum(bool(r.get("other_labels")) for r in lab_rows) / len(lab_rows),
@@ -308,8 +311,9 @@ def render(data: dict, model: Path) -> str:
                       "|---|---|---|"]
             worst = min(total["per_class"].items(), key=lambda kv: kv[1])
             checks = [
-                ("held-out everyday clips firing <= 5%", _pct(total["everyday"]),
-                 total["everyday"] <= 0.05),
+                (f"held-out everyday clips firing <= 5% (the {total['everyday_other_clips']} "
+                 "besides SESA `casual`)", _pct(total["everyday_other"]),
+                 total["everyday_other"] <= 0.05),
                 ("SESA `casual` firing <= 5%", _pct(total["casual"]),
                  total["casual"] is not None and total["casual"] <= 0.05),
                 ("event recall >= 85%", _pct(total["recall"]), total["recall"] >= 0.85),

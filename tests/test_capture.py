@@ -297,7 +297,13 @@ def test_shipped_model_hears_the_siren_in_the_demo_clip():
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     sirens = [e for e in events if e["label"] == "siren"]
     assert [e["type"] for e in sirens][:2] == ["start", "end"], events
-    assert sirens[1]["duration_s"] >= 2.0  # the siren sounds for 5 s (1-6 s)
+    # the siren sounds for 5 s (1-6 s): siren events start inside it and cover >= 2 s of it
+    # (model 1.1.0 ends and restarts once where the synthetic sweep turns, so in two events)
+    ends = [e for e in sirens if e["type"] == "end"]
+    assert all(1.0 <= e["offset_s"] <= 6.0 for e in sirens if e["type"] == "start"), sirens
+    assert sum(e["duration_s"] for e in ends) >= 2.0, sirens
+    # and the gate says why: the AudioSet classes that supported it
+    assert all("Siren" in e["evidence"] for e in sirens), sirens
 
 
 # -- property-based: any bytes, any cut of a valid file, any float content

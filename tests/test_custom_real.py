@@ -95,7 +95,7 @@ def test_dcase_knocks_fire(setup, record_property, request):
                    "(0/27 measured); needs the shipped model's embedding", strict=False))
     else:
         request.applymarker(pytest.mark.xfail(
-            reason="model 1.0.0's embedding: the 80% target on DCASE knocks is not met "
+            reason="model 1.1.0's embedding (the frozen trunk of 1.0.0): the 80% target on DCASE knocks is not met "
                    "(about two thirds of them fire with the takes also heard farther away)",
             strict=False))
     knocks = [p for p, k in custom_eval.dcase_clips(setup["data"]) if k == "knock"]
