@@ -79,10 +79,15 @@ def write_null_model(shipped: Path, out: Path) -> Path:
              helper.make_node("Add", ["s0", "uniform"], ["scores"]),
              helper.make_node("Mul", ["mean2", "zero_embedding"], ["embedding"])]
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "one"))
-    graph = helper.make_graph(
-        nodes, "null_model", [feats],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", n_labels]),
-         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])], inits)
+    graph_outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", n_labels]),
+                     helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])]
+    if "audioset" in outputs:  # the gate's evidence: every AudioSet class at logit 0
+        n_as = outputs["audioset"].type.tensor_type.shape.dim[1].dim_value
+        inits.append(numpy_helper.from_array(np.zeros((1, n_as), np.float32), "zero_audioset"))
+        nodes.append(helper.make_node("Mul", ["mean2", "zero_audioset"], ["audioset"]))
+        graph_outputs.append(helper.make_tensor_value_info("audioset", TensorProto.FLOAT,
+                                                          ["batch", n_as]))
+    graph = helper.make_graph(nodes, "null_model", [feats], graph_outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = src.ir_version
     for prop in src.metadata_props:
