@@ -35,7 +35,7 @@ def base(tmp_path_factory):
     for name, frames in (("static", None), ("symbolic", "dynamic")):
         path = make_band_model(d / f"{name}.onnx", input_frames=frames)
         models[name] = onnx.load(str(path))
-    wav = write_tone_wav(d / "tone.wav", [(0.5, 1.5, 1000.0)], seconds=2.5)
+    wav = write_tone_wav(d / "tone.wav", [(0.5, 1.5, 1000.0)], seconds=4.0)  # longer than any window the strategies draw (<= 3 s)
     conf = d / "empty.toml"
     conf.write_text("")
     return d, models, wav, conf
