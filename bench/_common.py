@@ -127,6 +127,13 @@ def percentiles(values, ps=(50, 95, 99)) -> dict:
     return {f"p{p}": round(float(np.percentile(arr, p)), 4) for p in ps}
 
 
+def run_line(r: dict) -> str:
+    """The line under a results page's title: the command, date, machine and load."""
+    m = r["machine"]
+    return (f"`{r['command']}` — {m['date']}, {m['cpu']} ({m['cores']} cores), load "
+            f"{m['load_avg_1min_at_start']} at start, {r['load_avg_1min_at_end']} at end.")
+
+
 def save(name: str, result: dict, markdown: str, out_dir: Path | None) -> Path:
     out_dir = Path(out_dir) if out_dir else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine, save  # noqa: E402
+from bench._common import machine, run_line, save  # noqa: E402
 from detector import audioset  # noqa: E402
 from detector.config import Config  # noqa: E402
 from detector.custom import ArraySource, read_audio  # noqa: E402
@@ -451,9 +451,7 @@ def main(argv=None) -> int:
 def markdown(r: dict) -> str:
     d = r["defaults"]
     lines = [f"# AudioSet labels zero-shot, model {r['model']['version']}", "",
-             f"`{r['command']}` — {r['machine']['date']}, {r['machine']['cpu']} "
-             f"({r['machine']['cores']} cores), load {r['machine']['load_avg_1min_at_start']} "
-             f"at start, {r['load_avg_1min_at_end']} at end.", "",
+             run_line(r), "",
              f"Defaults: on-threshold {d['threshold']}, the class in the top {d['top_k']} of 527 "
              f"with at least {d['floor']} over {d['context_seconds']:g} s, wait up to "
              f"{d['max_wait_seconds']:g} s. Each clip streamed after 3 s of -60 dBFS room "

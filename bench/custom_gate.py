@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine, save  # noqa: E402
+from bench._common import machine, run_line, save  # noqa: E402
 from detector import custom  # noqa: E402
 from detector.config import Config  # noqa: E402
 from detector.custom import ArraySource, read_audio  # noqa: E402
@@ -223,9 +223,7 @@ def main(argv=None) -> int:
 def markdown(r: dict) -> str:
     g = r["gate_defaults"]
     lines = [f"# Custom labels with their AudioSet evidence, model {r['model']['version']}", "",
-             f"`{r['command']}` — {r['machine']['date']}, {r['machine']['cpu']} "
-             f"({r['machine']['cores']} cores), load {r['machine']['load_avg_1min_at_start']} "
-             f"at start, {r['load_avg_1min_at_end']} at end.", "",
+             run_line(r), "",
              f"{r['clips_per_label']} enrolment clips per label; the gate: a support class in "
              f"the top {g['top_k']} of 527 with at least {g['floor']} over "
              f"{g['context_seconds']:g} s, waiting up to {g['max_wait_seconds']:g} s.", "",

@@ -204,14 +204,7 @@ class EventGate:
             names = self.check(cand.start["label"], now, cand.onset)
             if names:
                 del self._waiting[key]
-                self.passed += 1
-                cand.start["evidence"] = names
-                out.append(cand.start)
-                if cand.end is not None:
-                    cand.end["evidence"] = names
-                    out.append(cand.end)
-                else:
-                    self._published[key] = names
+                out += self._publish(key, cand, names)
             elif now >= cand.deadline - 1e-9:
                 del self._waiting[key]
                 self.dropped += 1
@@ -226,16 +219,22 @@ class EventGate:
         for key, cand in list(self._waiting.items()):
             names = self.check(cand.start["label"], now, cand.onset)
             if names:
-                self.passed += 1
-                cand.start["evidence"] = names
-                out.append(cand.start)
-                if cand.end is not None:
-                    cand.end["evidence"] = names
-                    out.append(cand.end)
+                out += self._publish(key, cand, names)
             else:
                 self.dropped += 1
         self._waiting.clear()
         return out
+
+    def _publish(self, key: str, cand: _Candidate, names: list[str]) -> list[dict]:
+        """A candidate that passed: its start (and its end, if the sound already ended)
+        with the supporting classes; an end still to come gets them when it arrives."""
+        self.passed += 1
+        cand.start["evidence"] = names
+        if cand.end is None:
+            self._published[key] = names
+            return [cand.start]
+        cand.end["evidence"] = names
+        return [cand.start, cand.end]
 
 
 _CLASSES: tuple[str, ...] | None = None
