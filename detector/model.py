@@ -469,13 +469,13 @@ def check_against_model(config: "Config", meta: ModelMetadata) -> None:
     if ev.labels is not None and not ev.labels:
         raise ConfigError("events.labels = [] enables no label, so no event can ever fire; "
                           f"omit it to use every event label of the model ({known})")
+    gate_keys = (("events.gate_top_k", ev.gate_top_k),
+                 ("events.gate_floor", ev.gate_floor),
+                 ("events.gate_context_seconds", ev.gate_context_seconds),
+                 ("events.gate_max_wait_seconds", ev.gate_max_wait_seconds))
     for key, names in (("events.thresholds", ev.thresholds),
                        ("events.thresholds_off", ev.thresholds_off),
-                       ("events.labels", ev.labels or ()),
-                       ("events.gate_top_k", ev.gate_top_k),
-                       ("events.gate_floor", ev.gate_floor),
-                       ("events.gate_context_seconds", ev.gate_context_seconds),
-                       ("events.gate_max_wait_seconds", ev.gate_max_wait_seconds)):
+                       ("events.labels", ev.labels or ()), *gate_keys):
         for name in names:
             if name not in labels:
                 raise ConfigError(f"{key} names {name!r}, which model "
@@ -483,10 +483,7 @@ def check_against_model(config: "Config", meta: ModelMetadata) -> None:
             if name in background:
                 raise ConfigError(f"{key} names {name!r}, a background label of the model "
                                   f"that never fires events; its event labels: {known}")
-    for key, names in (("events.gate_top_k", ev.gate_top_k),
-                       ("events.gate_floor", ev.gate_floor),
-                       ("events.gate_context_seconds", ev.gate_context_seconds),
-                       ("events.gate_max_wait_seconds", ev.gate_max_wait_seconds)):
+    for key, names in gate_keys:
         for name in names:
             if name not in meta.gate:
                 gated = ", ".join(meta.gate) or "none"

@@ -253,7 +253,6 @@ class Pipeline:
         """Event messages emitted (a start and an end per event)."""
         self.events_started = 0
         """Events: start messages emitted (what the plot and the log lines count)."""
-        """Start/end events emitted."""
         self.samples_in = 0
         """Samples read from the source."""
         self.inference_s = 0.0

@@ -605,7 +605,9 @@ def context_windows(seconds: float = GATE_CONTEXT_SECONDS) -> int:
 def pooled_probs(logits: np.ndarray, n: int) -> np.ndarray:
     """Per window (rows of one clip in time order): the mean AudioSet probability over it
     and the ``n - 1`` windows before it, exactly as :class:`detector.gate.Evidence`."""
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+    from detector.gate import sigmoid
+
+    probs = sigmoid(logits)
     c = np.cumsum(np.vstack([np.zeros((1, probs.shape[1]), np.float32), probs]), axis=0)
     lo = np.maximum(0, np.arange(len(probs)) - n + 1)
     return (c[1:] - c[lo]) / (np.arange(1, len(probs) + 1) - lo)[:, None]
@@ -643,17 +645,20 @@ def fit_gate(samples, cache: Cache, rows: np.ndarray, ontology: dict[str, list[i
         masks.append(sound_mask(samples[i], cache.label[r]))
         labels.append(samples[i].label)
     labels = np.array(labels)
+    event_labels = [label for label in LABELS if label != BACKGROUND]
+    # per rank k: which classes reach the top k during each clip's sound, and what that
+    # teaches every label
+    learned = {k: learned_support(np.array([(rk[m] < k).any(axis=0)
+                                            for rk, m in zip(ranks, masks)]),
+                                  labels, event_labels, BACKGROUND, GATE_MIN_SHARE,
+                                  GATE_MAX_NEGATIVE)
+               for k in GATE_TOP_KS}
     rules = {}
-    for label in LABELS:
-        if label == BACKGROUND:
-            continue
+    for label in event_labels:
         own = np.flatnonzero(labels == label)
         chosen = None
         for k in GATE_TOP_KS:
-            top = np.array([(rk[m] < k).any(axis=0) for rk, m in zip(ranks, masks)])
-            learned = learned_support(top, labels, [label], BACKGROUND, GATE_MIN_SHARE,
-                                      GATE_MAX_NEGATIVE)[label]
-            support = sorted(set(ontology.get(label, [])) | set(learned))
+            support = sorted(set(ontology.get(label, [])) | set(learned[k][label]))
             passed = np.mean([(ranks[j][masks[j]][:, support] < k).any() for j in own]) \
                 if len(own) and support else 0.0
             chosen = (k, support, float(passed))

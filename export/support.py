@@ -71,14 +71,6 @@ def ontology_support(nodes: list[dict], class_names, roots=ROOTS) -> dict[str, l
             for label, names in roots.items()}
 
 
-def top_k_mask(evidence: np.ndarray, k: int) -> np.ndarray:
-    """``[n, 527]`` bool: the ``k`` highest classes of each row."""
-    order = np.argpartition(-evidence, k - 1, axis=1)[:, :k]
-    mask = np.zeros(evidence.shape, bool)
-    np.put_along_axis(mask, order, True, axis=1)
-    return mask
-
-
 def learned_support(clip_top: np.ndarray, clip_label: np.ndarray, labels, negative: str,
                     min_share: float = 0.25, max_negative: float = 0.03) -> dict[str, list[int]]:
     """Per label: classes in the top k of at least ``min_share`` of the label's clips and of at
@@ -100,7 +92,3 @@ def learned_support(clip_top: np.ndarray, clip_label: np.ndarray, labels, negati
                             .tolist())
     return out
 
-
-def merge(*sets: dict[str, list[int]]) -> dict[str, list[int]]:
-    labels = sorted({label for s in sets for label in s})
-    return {label: sorted({i for s in sets for i in s.get(label, [])}) for label in labels}
