@@ -190,14 +190,16 @@ def judge_rotation(path: Path, data: Path, rot: int, limit: int, out: Path) -> d
 
 
 def update_summary(run_dir: Path, rot: int, entry: dict) -> None:
-    """Merge ``entry`` into rotation ``rot`` of ``summary.json`` (under a lock: several
-    ``--eval-only`` processes may finish at once)."""
+    """Merge ``entry`` into rotation ``rot`` of ``summary.json`` when the summary has that
+    rotation (under a lock: several ``--eval-only`` processes may finish at once)."""
     import fcntl
 
     with open(run_dir / "summary.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = run_dir / "summary.json"
         summary = json.loads(path.read_text())
+        if str(rot) not in summary.get("rotations", {}):
+            return
         summary["rotations"][str(rot)].update(entry)
         path.write_text(json.dumps(summary, indent=1, default=str))
 
@@ -214,9 +216,7 @@ def reevaluate(args) -> int:
         if not model.is_file():
             raise ConfigError(f"--eval-only: rotation {rot} has no model in {run_dir}")
         t0 = time.time()
-        entry = judge_rotation(model, data, rot, args.limit, model.parent)
-        if str(rot) in json.loads(summary_path.read_text()).get("rotations", {}):
-            update_summary(run_dir, rot, entry)
+        update_summary(run_dir, rot, judge_rotation(model, data, rot, args.limit, model.parent))
         logger.info("rotation %d judged again in %.0f s", rot, time.time() - t0)
     return 0
 
