@@ -1,6 +1,6 @@
 """Classic baselines on UrbanSound8K, by the same official-fold protocol as the shipped model.
 
-``python -m export.baselines --data ../shared/data --out runs/baselines``
+``python -m export baselines --data ../shared/data --out runs/baselines``
 
 1. **feature-MLP**: the GTZAN-style feature table of ``sound-detector analyze``
    (chroma, RMS, spectral centroid/bandwidth/roll-off, ZCR, MFCC 1-20 means and
@@ -9,8 +9,10 @@
 2. **log-mel CNN**: a small Conv2D network on 1 s windows of the daemon's own
    log-mel front end (``detector.features``); a clip's prediction is the mean of
    its window probabilities, as in the CNN+LSTM evaluation.
-3. **CNN+LSTM**: the shipped architecture's numbers are *read* from the recipe's
-   cross-validation JSON (``--crnn-results``), never retrained here.
+3. **CNN+LSTM from scratch**: the project's 0.3.0 model (Conv2D blocks pooling mostly
+   along frequency -> bidirectional LSTM over time -> mean + max pooling), on the same
+   windows as the CNN; the shipped model starts from a pretrained trunk instead
+   (``python -m export train``).
 
 Every available official fold is held out once (train on the others). The same
 MLP and CNN are also trained on a random split of slices (clips shuffled across
@@ -161,6 +163,26 @@ def build_cnn(frames: int, n_mels: int, n_classes: int, mean: float, std: float)
     return keras.Model(inputs, outputs, name="logmel_cnn")
 
 
+def build_crnn(frames: int, n_mels: int, n_classes: int, mean: float, std: float):
+    """The from-scratch CNN+LSTM of model 0.3.0 (about 400 k parameters)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(frames, n_mels, 1), name="logmel")
+    x = layers.Normalization(mean=mean, variance=std ** 2)(inputs)
+    for n_filters, pool in zip((24, 48, 96, 128), ((2, 2), (2, 2), (1, 2), (1, 2))):
+        x = layers.Conv2D(n_filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(pool)(x)
+    x = layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]))(x)
+    x = layers.Dropout(0.3)(layers.ReLU()(layers.Dense(128)(x)))
+    x = layers.Bidirectional(layers.LSTM(64, return_sequences=True))(x)
+    x = layers.Concatenate()([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)])
+    outputs = layers.Dense(n_classes, activation="softmax", name="classes")(layers.Dropout(0.3)(x))
+    return keras.Model(inputs, outputs, name="crnn")
+
+
 def _compile(model, learning_rate: float):
     import keras
 
@@ -183,13 +205,14 @@ def train_mlp(X, y, train_idx, test_idx, n_classes, epochs, seed, verbose):
     return float(np.mean(np.argmax(probs, axis=1) == y[test_idx])), model
 
 
-def train_cnn(windows, y, train_idx, test_idx, n_classes, epochs, seed, verbose):
+def train_cnn(windows, y, train_idx, test_idx, n_classes, epochs, seed, verbose,
+              build=build_cnn):
     import keras
 
     keras.utils.set_random_seed(seed)
     Xtr = np.concatenate([windows[i] for i in train_idx])[..., None]
     ytr = np.concatenate([np.full(len(windows[i]), y[i]) for i in train_idx])
-    model = _compile(build_cnn(Xtr.shape[1], Xtr.shape[2], n_classes,
+    model = _compile(build(Xtr.shape[1], Xtr.shape[2], n_classes,
                                float(Xtr.mean()), float(Xtr.std())), 2e-3)
     model.fit(Xtr, ytr, epochs=epochs, batch_size=64, shuffle=True, verbose=verbose)
     Xte = np.concatenate([windows[i] for i in test_idx])[..., None]
@@ -204,7 +227,6 @@ def train_cnn(windows, y, train_idx, test_idx, n_classes, epochs, seed, verbose)
 
 def onnx_cost(model, input_shape: tuple[int, ...], path: Path, repeats: int = 200) -> dict:
     """Export ``model`` with tf2onnx; size, parameters and per-window onnxruntime time (1 thread)."""
-    import onnxruntime as ort
     import tensorflow as tf
     import tf2onnx
 
@@ -269,24 +291,6 @@ def summarise(per_split: dict) -> dict:
     values = list(per_split.values())
     return {"per_split": per_split, "mean": float(np.mean(values)),
             "std": float(np.std(values)), "n_splits": len(values)}
-
-
-def crnn_entry(path: Path | None) -> dict | None:
-    """The CNN+LSTM row from the recipe's ``crossval.json`` (not retrained here)."""
-    if path is None:
-        return None
-    if not path.is_file():
-        raise DetectorError(f"--crnn-results {path} does not exist; pass the "
-                            "crossval.json (python -m export crossval --out DIR)")
-    data = json.loads(path.read_text())
-    folds = {f"fold{k}": float(v["accuracy"]) for k, v in data["folds"].items()}
-    cfg = data.get("config", {})
-    return {"official": summarise(folds),
-            "source": path.name,
-            "note": (f"read from the recipe's cross-validation ({cfg.get('epochs')} epochs, "
-                     f"SESA folders {bool(cfg.get('folders'))}, teacher "
-                     f"{'yes' if cfg.get('teacher') else 'no'}); clip accuracy over the "
-                     "10 UrbanSound8K classes")}
 
 
 # ----------------------------------------------------------------------------- report
@@ -379,36 +383,8 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def crnn_with_cost(path: Path | None) -> dict | None:
-    crnn = crnn_entry(path)
-    if crnn is not None:
-        shipped = Path(__file__).resolve().parents[1] / "detector" / "models" / "default.onnx"
-        if shipped.is_file():
-            crnn["cost"] = {"params": onnx_params(shipped), **session_cost(shipped)}
-    return crnn
-
-
-def refresh_crnn(args) -> int:
-    """``--refresh-crnn``: keep the trained baselines of ``--out``, re-read the CNN+LSTM row."""
-    saved = Path(args.out) / "baselines.json"
-    if not saved.is_file():
-        raise DetectorError(f"{saved} does not exist; run the baselines first")
-    result = json.loads(saved.read_text())
-    crnn = crnn_with_cost(Path(args.crnn_results) if args.crnn_results else None)
-    if crnn is None:
-        raise DetectorError("--refresh-crnn needs --crnn-results crossval.json")
-    result["models"]["CNN+LSTM (shipped)"] = crnn
-    saved.write_text(json.dumps(result, indent=1) + "\n")
-    if args.results_dir:
-        write_report(result, Path(args.results_dir))
-        print(f"results -> {Path(args.results_dir) / 'baselines.md'}")
-    return 0
-
-
 def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.refresh_crnn:
-        return refresh_crnn(args)
     root = find_us8k(Path(args.data))
     clips = load_urbansound8k(root)
     if args.limit:  # tiny mode for tests: the first N clips of every fold
@@ -431,7 +407,7 @@ def run(args) -> int:
     randoms = list(random_splits(folds, args.seed, len(splits)))
     result: dict = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(), "command": " ".join(["python -m export.baselines", *args.argv]),
+        "machine": machine(), "command": " ".join(["python -m export baselines", *args.argv]),
         "folds": sorted(set(folds.tolist())), "n_clips": len(clips),
         "split_names": [name for name, *_ in splits], "models": {}}
 
@@ -471,9 +447,18 @@ def run(args) -> int:
                    f"random split: {len(cnn['random']['per_split'])} rotation(s)")
     result["models"]["log-mel CNN"] = cnn
 
-    crnn = crnn_with_cost(Path(args.crnn_results) if args.crnn_results else None)
-    if crnn is not None:
-        result["models"]["CNN+LSTM (shipped)"] = crnn
+    if args.crnn_epochs:
+        crnn: dict = {"official": {}}
+        for name, tr, te in splits:
+            acc, _, model = train_cnn(windows, y, tr, te, len(labels), args.crnn_epochs,
+                                      args.seed, verbose, build=build_crnn)
+            crnn["official"][name] = acc
+            print(f"CNN+LSTM {name}: {100 * acc:.1f} %", flush=True)
+            if "cost" not in crnn:
+                crnn["cost"] = onnx_cost(model, (frames, params.n_mels, 1), out / "crnn.onnx")
+        crnn["official"] = summarise(crnn["official"])
+        crnn["note"] = f"from scratch, the CNN's windows, {args.crnn_epochs} epochs"
+        result["models"]["CNN+LSTM"] = crnn
     (out / "baselines.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.results_dir:
         write_report(result, Path(args.results_dir))
@@ -483,24 +468,22 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m export.baselines",
+    parser = argparse.ArgumentParser(prog="python -m export baselines",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder holding urbansound8k/ (or its root)")
     parser.add_argument("--out", required=True, help="work folder (feature table, ONNX files)")
     parser.add_argument("--results-dir", default="bench/results",
                         help="where baselines.md/json/png go ('' = only --out)")
-    parser.add_argument("--crnn-results", default=None,
-                        help="the recipe's crossval.json for the CNN+LSTM row")
     parser.add_argument("--mlp-epochs", type=int, default=150)
     parser.add_argument("--cnn-epochs", type=int, default=12)
     parser.add_argument("--cnn-hop-frames", type=int, default=50,
                         help="hop between training/test windows in log-mel frames (50 = 0.5 s)")
+    parser.add_argument("--crnn-epochs", type=int, default=12,
+                        help="epochs of the from-scratch CNN+LSTM (0 = skip it)")
     parser.add_argument("--cnn-random", type=int, default=1,
                         help="random-split rotations for the CNN (CPU is scarce)")
     parser.add_argument("--cache-dir", default=".cache/features", help="log-mel cache (export.cache)")
     parser.add_argument("--limit", type=int, default=0, help="first N clips per fold (smoke test)")
-    parser.add_argument("--refresh-crnn", action="store_true",
-                        help="only re-read --crnn-results into the saved results of --out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="Keras progress bars")
     args = parser.parse_args(argv)

@@ -22,18 +22,12 @@ Every rule checks its preconditions (constant operands, shapes from ONNX shape
 inference, single consumers, nothing a graph output depends on by name) and leaves
 the graph alone otherwise. Floating-point results can differ in the last bits
 (weights are multiplied once instead of per run); tests hold them to 1e-5.
-
-``python -m export optimize --model IN.onnx --out OUT.onnx`` rewrites an existing
-file and keeps its metadata.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
@@ -570,107 +564,3 @@ def optimize(proto, *, rules=RULES, check: bool = True):
                 len(model.graph.node), ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
                 or "nothing to rewrite")
     return model
-
-
-# --- command line ------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Rewrite an ONNX model into fewer fused nodes with the same "
-                          "arithmetic (Pad and BatchNorm folded into Conv, HardSwish, "
-                          "squeeze-excitation as 1x1 Conv); metadata is kept. Checks that "
-                          "the outputs agree within --tolerance on random inputs.")
-    parser.add_argument("--model", required=True, type=Path, help="ONNX model to read")
-    parser.add_argument("--out", required=True, type=Path, help="where to write the result")
-    parser.add_argument("--tolerance", type=float, default=1e-5,
-                        help="largest output difference accepted (default: %(default)s)")
-
-
-def compare(path_a, path_b, feeds: list[dict[str, np.ndarray]]) -> float:
-    """Largest absolute difference of all outputs of two models over ``feeds``."""
-    sa, sb = open_session(path_a), open_session(path_b)
-    names = [o.name for o in sa.get_outputs()]
-    worst = 0.0
-    for feed in feeds:
-        for a, b in zip(sa.run(names, feed), sb.run(names, feed)):
-            worst = max(worst, float(np.max(np.abs(np.asarray(a, np.float64) - b)))
-                        if np.size(a) else 0.0)
-    return worst
-
-
-def open_session(path, level: str = "all"):
-    """onnxruntime CPU session, one thread, graph optimisations at ``level``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def random_feeds(path, n: int = 4, seed: int = 0, batch: int = 1) -> list[dict[str, np.ndarray]]:
-    """Feeds for every float input of a model (symbolic dims set to ``batch``)."""
-    session = open_session(path)
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(n):
-        feed = {}
-        for inp in session.get_inputs():
-            if inp.type != "tensor(float)":
-                raise ValueError(f"input {inp.name} is {inp.type}; only float inputs supported")
-            shape = [d if isinstance(d, int) and d > 0 else batch for d in inp.shape]
-            feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
-        feeds.append(feed)
-    return feeds
-
-
-def run(args: argparse.Namespace) -> int:
-    import onnx
-
-    from detector.errors import ConfigError, ModelError
-
-    if not args.model.is_file():
-        raise ConfigError(f"--model {args.model} is not a file")
-    try:
-        proto = onnx.load(str(args.model))
-    except Exception as exc:
-        raise ModelError(f"{args.model} cannot be read as ONNX ({str(exc).splitlines()[0]})") \
-            from None
-    try:
-        out = optimize(proto)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"optimising {args.model} failed: {first}") from None
-    from export.onnx_export import write_onnx
-
-    props = {p.key: p.value for p in proto.metadata_props}
-    tmp = args.out.with_suffix(".check.onnx")
-    write_onnx(out, props, tmp)
-    try:
-        try:
-            diff = compare(args.model, tmp, random_feeds(args.model))
-        except ValueError as exc:
-            raise ModelError(f"{args.model}: {exc}") from None
-        if not diff <= args.tolerance:
-            raise ModelError(f"optimised model differs from {args.model} by {diff:.2e} "
-                             f"> {args.tolerance:.0e}; not written")
-        tmp.replace(args.out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    print(f"{args.model}: {len(proto.graph.node)} -> {len(out.graph.node)} nodes, max output "
-          f"difference {diff:.2e} on random inputs; wrote {args.out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from export._cli import run_command
-
-    return run_command(sys.modules[__name__], "python -m export.onnx_optimize", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

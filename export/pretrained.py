@@ -1,10 +1,11 @@
 """The pretrained recipe: AudioSet mn04 trunk -> recurrent head, on every real clip there is.
 
-Pipeline (``python -m export pretrained ...``):
+Pipeline (``python -m export train ...``, :mod:`export.train`):
 
 1. **Data** (:func:`collect`): UrbanSound8K folds (labels), SESA gunshot / siren /
    explosion (labels) and casual (background), ``negatives/`` DCASE office and ESC-50
-   kinds (background), each sample tagged with its fold group and its *kind*.
+   kinds (background), and your own folder-per-class data (``<dir>/<label>/*.wav``, a
+   ``background`` folder for negatives), each sample tagged with its fold group and *kind*.
 2. **Windows** (:func:`clip_windows`): each clip is laid into quiet room noise as a
    stream would deliver it (0.75 s before, 0.5 s after) and cut into 1 s windows every
    0.25 s, exactly the daemon's windows. A window takes its clip's label when it holds at
@@ -18,7 +19,8 @@ Pipeline (``python -m export pretrained ...``):
    AudioSet logits ``[527]`` are kept (float16).
 5. **Head** (:func:`build_head`): LSTM over the trunk's four time steps -> softmax over the
    labels + ``background``. The exported model is trunk + head in one graph
-   (:func:`build_full_model`), with the pooled embedding as a second output.
+   (:func:`build_full_model`), with the pooled embedding and the released AudioSet
+   logits (the gate's evidence) as further outputs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import csv
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +53,10 @@ four rotations (docs/benchmarks.md, "Training windows at onsets"): recall -0.4 p
 labels -4.3 pts, false alarms per hour -26%, no faster starts, car horn -10 pts."""
 ONSET_MIN_SECONDS = 0.1
 """An onset window takes its clip's label from this much of the clip on (else masked)."""
-LABELS = (*URBANSOUND8K_LABELS, "explosion", "background")
 BACKGROUND = "background"
+SHIPPED_LABELS = (*URBANSOUND8K_LABELS, "explosion")
+LABELS = (*SHIPPED_LABELS, BACKGROUND)
+"""The model's outputs in order; :func:`set_labels` makes them the labels of the data."""
 FOLD_GROUPS = ((1,), (2,), (3, 4, 5), (6, 7, 8, 9))
 """Held-out fold groups of similar size (folds 4-9 are partial)."""
 KIND_GROUPS = (
@@ -77,7 +81,8 @@ class Sample:
     group: int
     """Rotation (0..3) the sample is held out in."""
     kind: str
-    """``us8k:<label>``, ``sesa:<folder>``, ``dcase:<kind>`` or ``esc50:<kind>``."""
+    """``us8k:<label>``, ``sesa:<folder>``, ``dcase:<kind>``, ``esc50:<kind>`` or
+    ``folder:<label>``."""
     duration: float | None = None
     """True length in seconds when the file may hold more (UrbanSound8K metadata)."""
 
@@ -93,11 +98,22 @@ def kind_group(kind: str) -> int:
     return _hash_group(kind)
 
 
-def collect(data_root: str | Path, folds=None, limit: int = 0) -> list[Sample]:
-    """Every labelled and background clip under ``data_root`` (the shared data layout);
-    ``limit`` keeps at most that many clips of each kind (quick runs)."""
-    root = Path(data_root)
+def collect(data_root: str | Path | None, folds=None, limit: int = 0,
+            folders=()) -> list[Sample]:
+    """Every labelled and background clip under ``data_root`` (the shared data layout,
+    optional) and in each of ``folders`` (``<dir>/<label>/<file>``; a ``background``
+    folder holds negatives); ``limit`` keeps at most that many clips of each kind."""
     samples: list[Sample] = []
+    for folder in map(Path, folders):
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            label, kind = sub.name, f"folder:{sub.name}"
+            for path in sorted(sub.rglob("*")):
+                if path.suffix.lower() in AUDIO_SUFFIXES:
+                    group = kind_group(kind) if label == BACKGROUND else _hash_group(path.name)
+                    samples.append(Sample(path, label, group, kind))
+    if data_root is None:
+        return limit_per_kind(samples, limit)
+    root = Path(data_root)
     fold_to_group = {f: g for g, fs in enumerate(FOLD_GROUPS) for f in fs}
     for clip in load_urbansound8k(root / "urbansound8k", folds=list(folds) if folds else None):
         samples.append(Sample(clip.path, clip.label, fold_to_group.get(clip.fold, 0),
@@ -133,6 +149,20 @@ def collect(data_root: str | Path, folds=None, limit: int = 0) -> list[Sample]:
             kind = f"{folder.name}:" + re.sub(r"[_-]\d+$", "", path.stem)
             samples.append(Sample(path, BACKGROUND, kind_group(kind), kind))
     return limit_per_kind(samples, limit)
+
+
+def labels_of(samples) -> tuple[str, ...]:
+    """The event labels of ``samples``: the shipped ones present, in their order, then the
+    others sorted."""
+    present = {s.label for s in samples} - {BACKGROUND}
+    return (tuple(label for label in SHIPPED_LABELS if label in present)
+            + tuple(sorted(present - set(SHIPPED_LABELS))))
+
+
+def set_labels(labels) -> None:
+    """Make ``labels`` (+ background, last) the model's outputs (:data:`LABELS`)."""
+    global LABELS
+    LABELS = (*labels, BACKGROUND)
 
 
 def limit_per_kind(samples: list[Sample], limit: int) -> list[Sample]:
@@ -202,18 +232,6 @@ def limit(audio: np.ndarray) -> np.ndarray:
 
 # --- windows -----------------------------------------------------------------------------
 
-@dataclass
-class Windows:
-    """Windows of many clips: features in, labels and bookkeeping out."""
-
-    logmel: list = field(default_factory=list)
-    """Per window ``[frames, n_mels]`` float32 (before the trunk)."""
-    label: list = field(default_factory=list)
-    """Index into :data:`LABELS`, or -1 for a masked window."""
-    clip: list = field(default_factory=list)
-    """Index of the source sample."""
-
-
 def clip_windows(audio: np.ndarray, is_event: bool, frontend, rng: np.random.Generator,
                  label_index: int, onset_offsets=ONSET_OFFSETS
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -276,63 +294,6 @@ def clip_windows(audio: np.ndarray, is_event: bool, frontend, rng: np.random.Gen
 
 def frontend_frames(frontend) -> int:
     return int(getattr(frontend, "frames", 1 + (int(WINDOW_SECONDS * SR) - 512) // 160))
-
-
-# --- evidence from the AudioSet head -----------------------------------------------------
-
-EVIDENCE = {
-    "air_conditioner": ("Air conditioning", "Mechanical fan", "Hum", "Mains hum", "Engine",
-                        "Idling", "White noise", "Pink noise", "Noise", "Vehicle", "Rumble",
-                        "Static", "Environmental noise", "Wind"),
-    "car_horn": ("Vehicle horn, car horn, honking", "Air horn, truck horn", "Toot", "Car alarm",
-                 "Train horn", "Foghorn", "Beep, bleep", "Honk", "Alarm", "Vehicle", "Car",
-                 "Bicycle bell", "Truck", "Reversing beeps", "Siren"),
-    "children_playing": ("Children playing", "Child speech, kid speaking", "Children shouting",
-                         "Speech", "Babbling", "Shout", "Yell", "Screaming", "Laughter",
-                         "Crowd", "Chatter", "Hubbub, speech noise, speech babble",
-                         "Child singing", "Baby laughter", "Giggle", "Whoop", "Children"),
-    "dog_bark": ("Dog", "Bark", "Yip", "Howl", "Bow-wow", "Growling", "Whimper (dog)",
-                 "Canidae, dogs, wolves", "Domestic animals, pets", "Animal"),
-    "drilling": ("Drill", "Power tool", "Dental drill, dentist's drill", "Jackhammer", "Sawing",
-                 "Tools", "Electric shaver, electric razor", "Mechanisms", "Sanding", "Buzz",
-                 "Engine", "Light engine (high frequency)", "Hair dryer", "Vacuum cleaner",
-                 "Chainsaw", "Whir", "Lawn mower"),
-    "engine_idling": ("Idling", "Engine", "Vehicle", "Motor vehicle (road)", "Car", "Truck",
-                      "Heavy engine (low frequency)", "Medium engine (mid frequency)",
-                      "Light engine (high frequency)", "Engine starting", "Bus",
-                      "Motorcycle", "Accelerating, revving, vroom", "Diesel", "Rumble",
-                      "Traffic noise, roadway noise", "Engine knocking", "Lawn mower",
-                      "Air conditioning", "Mechanical fan", "Hum"),
-    "gun_shot": ("Gunshot, gunfire", "Machine gun", "Cap gun", "Fusillade", "Artillery fire",
-                 "Explosion", "Burst, pop", "Fireworks", "Firecracker", "Boom", "Bang", "Eruption",
-                 "Slam", "Whip", "Knock", "Clap", "Thump, thud", "Crack", "Bouncing", "Smash, crash"),
-    "jackhammer": ("Jackhammer", "Power tool", "Drill", "Hammer", "Tools", "Mechanisms",
-                   "Machine gun", "Engine", "Rattle", "Rumble", "Vibration", "Engine knocking",
-                   "Idling", "Heavy engine (low frequency)"),
-    "siren": ("Siren", "Civil defense siren", "Police car (siren)", "Ambulance (siren)",
-              "Fire engine, fire truck (siren)", "Emergency vehicle", "Alarm", "Car alarm",
-              "Foghorn", "Buzzer", "Smoke detector, smoke alarm", "Fire alarm", "Whistle",
-              "Vehicle horn, car horn, honking", "Air horn, truck horn"),
-    "street_music": ("Music", "Musical instrument", "Singing", "Guitar", "Drum", "Percussion",
-                     "Brass instrument", "Accordion", "Saxophone", "Plucked string instrument",
-                     "Bowed string instrument", "Keyboard (musical)", "Drum kit", "Song",
-                     "Trumpet", "Violin, fiddle", "Flute", "Harmonica", "Steelpan", "Tambourine"),
-    "explosion": ("Explosion", "Boom", "Gunshot, gunfire", "Fireworks", "Firecracker",
-                  "Artillery fire", "Eruption", "Burst, pop", "Bang", "Thunder", "Fusillade",
-                  "Machine gun", "Smash, crash", "Thump, thud"),
-}
-"""AudioSet classes whose evidence a label needs (used by the optional veto gate)."""
-
-
-def evidence_matrix(audioset_labels) -> np.ndarray:
-    """``[527, n_labels]`` 0/1: which AudioSet classes count as evidence for each label."""
-    names = [str(x) for x in audioset_labels]
-    matrix = np.zeros((len(names), len(LABELS)), np.float32)
-    for j, label in enumerate(LABELS):
-        for cls in EVIDENCE.get(label, ()):
-            if cls in names:
-                matrix[names.index(cls), j] = 1.0
-    return matrix
 
 
 # --- the frozen trunk as an onnxruntime session ------------------------------------------
@@ -471,10 +432,7 @@ def build_cache(samples: list[Sample], indices, frontend, session, n_variants: i
     return Cache.concat(parts)
 
 
-# the cache protocol of ``export.pretrained_cli.build_or_load_cache``
-CACHE_PREFIX = "cache"
 CACHE_TRUNK = "trunk.onnx"
-build_cache_part = build_cache
 
 
 def cache_settings() -> dict:
@@ -550,31 +508,6 @@ def head_scores(head, cache: Cache, rows: np.ndarray, batch: int = 2048) -> np.n
     x = cache.seq[rows].astype(np.float32)
     return np.concatenate([np.asarray(head(x[i:i + batch], training=False))
                            for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, len(LABELS)))
-
-
-# --- the AudioSet veto -------------------------------------------------------------------
-
-def evidence(audioset_logits: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Per window and label: the highest AudioSet probability among the label's classes."""
-    probs = 1.0 / (1.0 + np.exp(-audioset_logits.astype(np.float32)))
-    return np.max(probs[:, :, None] * matrix[None, :, :], axis=1)
-
-
-def gate(ev: np.ndarray, floors: np.ndarray) -> np.ndarray:
-    """Veto factor in [0, 1]: 1 once a label's evidence reaches its floor, falling
-    linearly to 0 below it; background is never gated (floor 0)."""
-    return np.clip(ev / np.maximum(floors, 1e-6)[None, :], 0.0, 1.0)
-
-
-def evidence_floors(ev: np.ndarray, labels: np.ndarray, quantile: float) -> np.ndarray:
-    """Per label, the ``quantile`` of its own positive windows' evidence (0 for background)."""
-    floors = np.zeros(len(LABELS), np.float32)
-    for j, label in enumerate(LABELS):
-        if label == BACKGROUND:
-            continue
-        own = ev[labels == j, j]
-        floors[j] = float(np.quantile(own, quantile)) if len(own) else 0.0
-    return floors
 
 
 # --- the gate: which AudioSet classes support each label ----------------------------------
@@ -698,61 +631,35 @@ def thresholds_from_negatives(peaks: np.ndarray, floor: float, margin: float,
     return thr
 
 
-def decide(samples, groups: dict, scores: dict, thr: np.ndarray) -> dict:
-    """Event recall / wrong label / negatives firing, from per-clip smoothed peaks."""
-    rec, wrong, neg_fired, per_class = [], [], [], {}
-    kinds: dict[str, list] = {}
-    for i, peak in scores.items():
-        if i < 0:
-            continue
-        s = samples[i]
-        fired = peak >= thr
-        if s.label == BACKGROUND:
-            neg_fired.append(bool(fired.any()))
-            kinds.setdefault(s.kind, []).append(bool(fired.any()))
-        else:
-            j = LABELS.index(s.label)
-            hit = bool(fired[j])
-            other = bool(np.delete(fired, j).any())
-            rec.append(hit)
-            wrong.append(other)
-            per_class.setdefault(s.label, []).append(hit)
-    return {"recall": float(np.mean(rec)) if rec else None,
-            "wrong": float(np.mean(wrong)) if wrong else None,
-            "neg_fire": float(np.mean(neg_fired)) if neg_fired else None,
-            "n_events": len(rec), "n_negatives": len(neg_fired),
-            "per_class": {k: float(np.mean(v)) for k, v in sorted(per_class.items())},
-            "per_kind": {k: float(np.mean(v)) for k, v in sorted(kinds.items())}}
-
-
 def clip_accuracy(samples, cache: Cache, groups: dict, probs: np.ndarray, index_of: dict) -> float:
-    """UrbanSound8K clips: argmax over the ten labels of the mean window score."""
+    """UrbanSound8K clips (every labelled clip without them): argmax over their labels of
+    the mean window score."""
+    us8k = any(s.kind.startswith("us8k:") for s in samples)
+    cols = [j for j, label in enumerate(LABELS) if label != BACKGROUND
+            and (label in URBANSOUND8K_LABELS or not us8k)]
     hits = []
-    n_us = len(URBANSOUND8K_LABELS)
     for i, rows in groups.items():
-        if i < 0 or not samples[i].kind.startswith("us8k:"):
+        if i < 0 or samples[i].label == BACKGROUND or (us8k and not
+                                                        samples[i].kind.startswith("us8k:")):
             continue
         keep = [index_of[r] for r in rows if cache.label[r] != LABELS.index(BACKGROUND)]
         if not keep:
             keep = [index_of[r] for r in rows]
-        p = probs[keep, :n_us].mean(axis=0)
-        hits.append(URBANSOUND8K_LABELS[int(p.argmax())] == samples[i].label)
+        p = probs[keep][:, cols].mean(axis=0)
+        hits.append(LABELS[cols[int(p.argmax())]] == samples[i].label)
     return float(np.mean(hits)) if hits else float("nan")
 
 
 # --- the exported model: trunk + head + veto in one graph --------------------------------
 
-def build_full_model(weights, head, matrix: np.ndarray, floors: np.ndarray | None,
-                     frames: int, n_mels: int = 128):
+def build_full_model(weights, head, frames: int, n_mels: int = 128):
     """Keras: normalised features ``[batch, frames, n_mels, 1]`` ->
     (``scores`` ``[batch, labels]``, ``embedding`` ``[batch, 384]``, ``audioset``
     ``[batch, 527]``).
 
-    ``scores`` are the head's softmax times the AudioSet veto (when ``floors`` is given):
-    a label's score falls towards 0 when the released AudioSet head sees none of the
-    classes that label needs. ``embedding`` is the trunk output pooled over frequency
-    and time (the input of the AudioSet head), for custom sounds; ``audioset`` the
-    released AudioSet classifier, unmodified, on that embedding (the gate's evidence,
+    ``scores`` are the head's softmax; ``embedding`` is the trunk output pooled over
+    frequency and time (the input of the AudioSet head), for custom sounds; ``audioset``
+    the released AudioSet classifier, unmodified, on that embedding (the gate's evidence,
     from the same pass).
     """
     import keras
@@ -765,24 +672,14 @@ def build_full_model(weights, head, matrix: np.ndarray, floors: np.ndarray | Non
     probs = head(seq)
     embedding = L.GlobalAveragePooling1D(name="embedding")(seq)
     logits, _ = audioset_head(weights, embedding)
-    if floors is None:
-        return keras.Model(inputs, [probs, embedding, logits], name="sound_detector")
-    m = matrix.astype(np.float32)
-    inv = (1.0 / np.maximum(floors, 1e-6)).astype(np.float32)
-    inv[floors <= 0] = 1e6
-
-    def veto(args):
-        p, z = args
-        ev = keras.ops.max(keras.ops.expand_dims(keras.ops.sigmoid(z), -1) * m[None], axis=1)
-        return p * keras.ops.clip(ev * inv[None], 0.0, 1.0)
-
-    scores = L.Lambda(veto, name="veto")([probs, logits])
-    return keras.Model(inputs, [scores, embedding, logits], name="sound_detector")
+    return keras.Model(inputs, [probs, embedding, logits], name="sound_detector")
 
 
 LICENSE_NOTE = ("non-commercial use only: trained on UrbanSound8K and ESC-50 (CC BY-NC 3.0), "
                 "SESA (CC BY 4.0) and DCASE 2016 Task 2 office sounds; starts from EfficientAT "
                 "mn04_as weights (MIT, Schmid, Koutini & Widmer 2023)")
+OWN_DATA_NOTE = ("trained on the user's own recordings; starts from EfficientAT mn04_as "
+                 "weights (MIT, Schmid, Koutini & Widmer 2023)")
 
 
 def feature_params():
@@ -813,13 +710,13 @@ def model_frontend():
 
 
 def metadata(version: str, trained_on: str, thresholds: dict[str, float],
-             gate: dict | None = None):
+             gate: dict | None = None, license_note: str = LICENSE_NOTE):
     from detector.features import MN04_FEATURES, MN04_NORMALIZATION
     from detector.metadata import ModelMetadata
 
     return ModelMetadata(
         labels=LABELS, features=MN04_FEATURES, window_seconds=WINDOW_SECONDS,
-        model_version=version, trained_on=trained_on, license_note=LICENSE_NOTE,
+        model_version=version, trained_on=trained_on, license_note=license_note,
         feature="mn_logmel", feature_params=feature_params(),
         normalization=dict(MN04_NORMALIZATION), thresholds=thresholds,
         background_labels=(BACKGROUND,), window_hop_seconds=HOP_SECONDS,
@@ -827,13 +724,13 @@ def metadata(version: str, trained_on: str, thresholds: dict[str, float],
         gate=gate or {})
 
 
-def export_model(weights, head, matrix, floors, meta, out_path: str | Path,
+def export_model(weights, head, meta, out_path: str | Path,
                  check_windows: np.ndarray | None = None) -> tuple[Path, float | None]:
-    """Trunk + head (+ veto) -> ONNX with ``meta``; Keras vs onnxruntime parity on
+    """Trunk + head -> ONNX with ``meta``; Keras vs onnxruntime parity on
     ``check_windows`` (``[n, frames, 128]`` normalised features) when given."""
     from .onnx_export import keras_to_onnx, write_onnx
 
-    model = build_full_model(weights, head, matrix, floors, meta.frames)
+    model = build_full_model(weights, head, meta.frames)
     proto = keras_to_onnx(model, "features", ["scores", "embedding", "audioset"],
                           frames=meta.frames)
     path = write_onnx(proto, meta.to_props(), out_path)

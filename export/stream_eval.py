@@ -1,6 +1,7 @@
-"""Judge a model as users meet it: events in one long stream through the daemon's pipeline.
+"""``python -m export eval``: judge a model as users meet it, in one long stream through
+the daemon's pipeline.
 
-    python -m export stream-eval --model runs/cv/rot0/model.onnx --data ../shared/data \
+    python -m export eval --model runs/cv/rot0/model.onnx --data ../shared/data \
         --group 0 --out runs/cv/rot0 --name stream_rot0
 
 The held-out clips of a rotation (:data:`export.pretrained.FOLD_GROUPS` for the labelled
@@ -12,7 +13,8 @@ through :class:`detector.pipeline.Pipeline` with the model's thresholds and the 
 others fell in room noise. Reported:
 
 * labelled clips: own-label event recall (overall, per class), the share where another
-  label fired, onset -> event delay p50/p95 (event time minus the clip's onset);
+  label fired, onset -> event delay p50/p95 (event time minus the clip's onset), and clip
+  accuracy (argmax of the mean raw score of the windows hearing the clip);
 * everyday clips: the share that fire anything, and false alarms per hour of them;
 * room noise: events in the gaps.
 
@@ -36,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="ONNX model to judge")
-    parser.add_argument("--data", required=True, help="the shared data root (urbansound8k/, "
-                        "sesa/, negatives/)")
+    parser.add_argument("--data", help="the shared data root (urbansound8k/, sesa/, negatives/)")
+    parser.add_argument("--folder", metavar="DIR", action="append", default=[],
+                        help="your own folder-per-class data, as for train (repeatable)")
     parser.add_argument("--group", type=int, action="append", required=True,
                         help="rotation whose held-out clips are replayed (repeatable)")
     parser.add_argument("--gap", type=float, default=5.0,
@@ -104,7 +107,25 @@ def replay_stream(model_path, audio: np.ndarray, config=None):
                  float(e.get("score") or 0.0)) for e in events if e["type"] == "start"]
 
     candidates = starts(pipeline.candidates) if pipeline.gate is not None else None
-    return starts(pipeline.events), classifier.metadata, candidates
+    scores = (np.asarray(pipeline.score_times), np.asarray(pipeline.score_rows))
+    return starts(pipeline.events), classifier.metadata, candidates, scores
+
+
+def clip_accuracy(samples, spans, scores, labels) -> float | None:
+    """Labelled clips: the label with the highest mean raw score over the windows that hear
+    at least 0.25 s of the clip (background excluded), right or wrong."""
+    from .pretrained import BACKGROUND
+
+    times, rows = scores
+    cols = [j for j, label in enumerate(labels) if label != BACKGROUND]
+    hits = []
+    for sample, (onset, end) in zip(samples, spans):
+        inside = (times > onset + 0.25) & (times <= end + 0.75)
+        if sample.label == BACKGROUND or not inside.any():
+            continue
+        mean = rows[inside][:, cols].mean(axis=0)
+        hits.append(labels[cols[int(mean.argmax())]] == sample.label)
+    return round(float(np.mean(hits)), 4) if hits else None
 
 
 def attribute(events, spans, tail: float = 1.0):
@@ -195,9 +216,11 @@ def markdown(result: dict) -> str:
              f"({result['date']}, {result['machine']}).", ""]
     if lab["clips"]:
         d = lab["delay_s"] or {}
+        acc = lab.get("clip_accuracy")
         lines += [f"- labelled clips: own label fires on **{100 * lab['recall']:.1f}%**, "
                   f"another label on {100 * lab['wrong_label']:.1f}%; onset -> event delay "
-                  f"p50 {d.get('p50', float('nan')):.2f} s, p95 {d.get('p95', float('nan')):.2f} s",
+                  f"p50 {d.get('p50', float('nan')):.2f} s, p95 {d.get('p95', float('nan')):.2f} s"
+                  + (f"; clip accuracy {100 * acc:.1f}%" if acc is not None else ""),
                   "", "| class | clips | recall | wrong label | delay p50 | delay p95 |",
                   "|---|---|---|---|---|---|"]
         for label, c in lab["per_class"].items():
@@ -262,14 +285,16 @@ def plot(result: dict, path: Path) -> None:
 
 
 def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0,
-             event_config: dict | None = None, model_config: dict | None = None) -> dict:
+             event_config: dict | None = None, model_config: dict | None = None,
+             folders=()) -> dict:
     """The stream evaluation of ``model_path`` on the held-out clips of ``groups``;
     ``event_config`` / ``model_config`` override keys of the ``[events]`` / ``[model]``
     config (default: the daemon's). For a model with the gate (and the gate on) the result
     also holds ``gate_off``: the same replay judged on the events before the gate."""
     from .pretrained import collect, limit_per_kind
 
-    samples = limit_per_kind([s for s in collect(data_root) if s.group in set(groups)], limit)
+    samples = limit_per_kind([s for s in collect(data_root, folders=folders)
+                              if s.group in set(groups)], limit)
     audio, spans = build_stream(samples, gap)
     config = None
     if event_config or model_config:
@@ -277,9 +302,10 @@ def evaluate(model_path, data_root, groups, gap: float = 5.0, limit: int = 0,
         config = config_from_dict({"model": {**(model_config or {}), "intra_op_threads": 1},
                                    "events": dict(event_config or {}),
                                    "output": {"stdout_json": False, "log_level": "warning"}})
-    events, meta, candidates = replay_stream(model_path, audio, config)
+    events, meta, candidates, scores = replay_stream(model_path, audio, config)
     owners = attribute(events, spans)
     result = judge(samples, spans, events, owners, gap)
+    result["labelled"]["clip_accuracy"] = clip_accuracy(samples, spans, scores, meta.labels)
     if candidates is not None and (event_config or {}).get("audioset_gate", True):
         # the same replay with the gate off: the tracker's events before the gate
         result["gate_off"] = judge(samples, spans, candidates, attribute(candidates, spans), gap)
@@ -311,8 +337,11 @@ def run(args) -> int:
         model, events = dict(table.get("model", {})), {**table.get("events", {}), **events}
     if args.no_gate:
         events["audioset_gate"] = False
+    if not args.data and not args.folder:
+        from detector.errors import ConfigError
+        raise ConfigError("no data: pass --data DIR and/or --folder DIR")
     result = evaluate(args.model, args.data, args.group, args.gap, args.limit, events or None,
-                      model or None)
+                      model or None, args.folder)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     (out / f"{args.name}.md").write_text(markdown(result))
     plot(result, out / f"{args.name}.png")
@@ -324,7 +353,7 @@ def main(argv=None) -> int:
     import sys
 
     from ._cli import run_command
-    return run_command(sys.modules[__name__], "python -m export stream-eval", argv)
+    return run_command(sys.modules[__name__], "python -m export eval", argv)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ must not fuse.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -66,18 +64,18 @@ def real_clips(n=3):
 
 def real_windows(frames=None, n_clips=3):
     """Normalised model inputs ``[n, frames, 128, 1]`` of real clips, through the
-    shipped model's own front end."""
+    shipped recipe's front end (windows every 0.25 s)."""
     from export.audio import load_audio
-    from export.evaluate import OnnxScorer
+    from export.pretrained import model_frontend
 
-    scorer = OnnxScorer(SHIPPED)
+    frontend = model_frontend()
     windows = []
     for path in real_clips(n_clips):
-        w = scorer.windows(load_audio(path, scorer.meta.features.sample_rate),
-                           scorer.hop_frames())
+        f = frontend(load_audio(path, 16000))
+        w = np.stack([f[s:s + frontend.frames]
+                      for s in range(0, len(f) - frontend.frames + 1, 25)])
         windows.append(w[:, :frames] if frames else w)
-    x = np.concatenate(windows)
-    return ((x - scorer._mean) / scorer._std).astype(np.float32)[..., None]
+    return np.concatenate(windows)[..., None]
 
 
 # --- the shipped model and the mn04 trunk on real audio ---------------------------------
@@ -319,67 +317,3 @@ def test_a_model_with_state_inputs_and_outputs_keeps_them():
     assert [o.name for o in opt.graph.output] == ["scores", "state_out"]
     assert ops(opt) == Counter({"Conv": 1, "Add": 1, "ReduceMean": 1})
     check_same(model, opt, inputs)
-
-
-# --- the command ----------------------------------------------------------------------
-
-def run_cli(*args):
-    import os
-
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "export", "optimize", *map(str, args)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_cli_rewrites_a_file_and_keeps_its_metadata(tmp_path):
-    """A file with foldable nodes and the model-file metadata (the shipped model's,
-    on a small Pad -> depthwise Conv -> BatchNorm graph)."""
-    from detector.model import Classifier
-
-    shipped = onnx.load(str(SHIPPED))
-    frames, mels = 97, 128
-    x_shape = ["N", frames, mels, 1]
-    w = RNG.standard_normal((1, 1, 3, 3)).astype(np.float32)
-    model = build([helper.make_node("Transpose", ["features"], ["nchw"], perm=[0, 3, 1, 2]),
-                   helper.make_node("Pad", ["nchw", "pads"], ["p"]),
-                   helper.make_node("Conv", ["p", "w"], ["c"]),
-                   helper.make_node("Mul", ["c", "s"], ["m"]),
-                   helper.make_node("Add", ["m", "b"], ["bn"]),
-                   helper.make_node("ReduceMean", ["bn"], ["pooled"], axes=[1, 2],
-                                    keepdims=0),  # [N, 128]
-                   helper.make_node("MatMul", ["pooled", "dense"], ["logits"]),
-                   helper.make_node("Softmax", ["logits"], ["scores"]),
-                   helper.make_node("Identity", ["pooled"], ["embedding"])],
-                  {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1]), "w": w, "s": np.float32(1.5),
-                   "b": np.float32(0.1),
-                   "dense": RNG.standard_normal((mels, 12)).astype(np.float32)},
-                  [("features", x_shape)], ["scores", "embedding"])
-    props = {p.key: p.value for p in shipped.metadata_props}
-    props["embedding_dim"] = "128"
-    for key in ("audioset_output", "gate"):  # this small graph has no AudioSet output
-        props.pop(key, None)
-    helper.set_model_props(model, props)
-    src, out = tmp_path / "model.onnx", tmp_path / "opt.onnx"
-    onnx.save(model, str(src))
-    result = run_cli("--model", src, "--out", out)
-    assert result.returncode == 0, result.stderr
-    assert "9 -> 6 nodes" in result.stdout
-    opt = onnx.load(str(out))
-    assert {p.key: p.value for p in opt.metadata_props} == props
-    assert ops(opt)["Pad"] == ops(opt)["Mul"] == ops(opt)["Add"] == 0
-    a, b = Classifier(src), Classifier(out)
-    window = real_windows(n_clips=1)[0, :, :, 0] * 5.0 - 4.5  # un-normalised log-mel
-    assert a.labels == b.labels
-    assert np.max(np.abs(a.predict(window) - b.predict(window))) <= TOLERANCE
-
-
-def test_cli_bad_input_is_one_line(tmp_path):
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not a model")
-    for args in (["--model", tmp_path / "missing.onnx", "--out", tmp_path / "o.onnx"],
-                 ["--model", bad, "--out", tmp_path / "o.onnx"]):
-        result = run_cli(*args)
-        assert result.returncode != 0
-        assert "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert not (tmp_path / "o.onnx").exists()

@@ -1,5 +1,6 @@
-"""The pretrained recipe: data layout, stream-like windows, and a tiny REAL run
-(pretrained trunk -> cache -> head -> tf2onnx with parity -> the daemon fires an event)."""
+"""The shipped recipe (``python -m export train``): data layout, stream-like windows, and a
+tiny REAL run (pretrained trunk -> cache -> head -> tf2onnx with parity -> the daemon fires
+an event), on the shared layout plus a folder-per-class folder of a new label."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from conftest import REPO, SHARED_DATA
 
 SR = 16000
 WEIGHTS = SHARED_DATA / "pretrained" / "mn04_as.npz"
-AUDIOSET = SHARED_DATA / "teacher" / "mn04_logits.npz"
 ONTOLOGY = SHARED_DATA / "pretrained" / "audioset_ontology.json"
 
 
@@ -89,6 +89,19 @@ def test_collect_tags_groups_and_kinds(tmp_path):
     assert len(collect(tmp_path, limit=1)) == 2 + len(kinds)
 
 
+def test_own_folders_give_their_labels_after_the_shipped_ones(tmp_path):
+    from export.pretrained import BACKGROUND, collect, labels_of
+
+    for label in ("doorbell", "background", "siren"):
+        (tmp_path / "mine" / label).mkdir(parents=True)
+        sf.write(tmp_path / "mine" / label / "a.wav", np.zeros(SR, np.float32), SR)
+    samples = collect(None, folders=[tmp_path / "mine"])
+    assert {(s.label, s.kind) for s in samples} == {
+        ("doorbell", "folder:doorbell"), (BACKGROUND, "folder:background"),
+        ("siren", "folder:siren")}
+    assert labels_of(samples) == ("siren", "doorbell")
+
+
 def test_windows_label_the_sound_not_the_quiet():
     from export.pretrained import BACKGROUND, LABELS, clip_windows, model_frontend
 
@@ -138,37 +151,29 @@ def test_onset_windows_see_the_first_fraction_of_a_second():
     assert set(bg_labels[bg_onset].tolist()) == {LABELS.index("background")}
 
 
-def test_veto_gate_passes_evidence_and_spares_background():
-    from export.pretrained import BACKGROUND, LABELS, gate
-
-    floors = np.full(len(LABELS), 0.2, np.float32)
-    floors[LABELS.index(BACKGROUND)] = 0.0
-    ev = np.zeros((2, len(LABELS)), np.float32)
-    ev[0] = 0.5
-    ev[1] = 0.05
-    g = gate(ev, floors)
-    assert np.all(g[0] == 1.0)
-    assert np.allclose(np.delete(g[1], LABELS.index(BACKGROUND)), 0.25)
-    assert g[1, LABELS.index(BACKGROUND)] == 1.0
-
-
 @pytest.mark.train
 @pytest.mark.slow
 def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     pytest.importorskip("tensorflow", reason="needs the [train] extra (TensorFlow)")
     pytest.importorskip("tf2onnx", reason="needs the [train] extra (tf2onnx)")
-    if not (WEIGHTS.is_file() and AUDIOSET.is_file()):
-        pytest.skip("shared data (pretrained/mn04_as.npz, teacher/) not present")
+    if not (WEIGHTS.is_file() and ONTOLOGY.is_file()):
+        pytest.skip("shared data (pretrained/mn04_as.npz, audioset_ontology.json) not present")
     rng = np.random.default_rng(3)
     data = tmp_path / "data"
     make_data(data, rng)
+    mine = tmp_path / "mine"  # the user's own folder-per-class data: a new label
+    for k in range(6):
+        (mine / "beep").mkdir(parents=True, exist_ok=True)
+        t = np.arange(int(rng.uniform(1.5, 2.5) * SR)) / SR
+        sf.write(mine / "beep" / f"beep{k}.wav",
+                 (0.3 * np.sin(2 * np.pi * 3000 * t) * (np.sin(2 * np.pi * 4 * t) > 0))
+                 .astype(np.float32), SR)
     run, model = tmp_path / "run", tmp_path / "model.onnx"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "export", "pretrained", "--data", str(data),
-           "--weights", str(WEIGHTS), "--audioset-labels", str(AUDIOSET), "--run", str(run),
-               "--ontology", str(ONTOLOGY),
+    cmd = [sys.executable, "-m", "export", "train", "--data", str(data), "--folder", str(mine),
+           "--weights", str(WEIGHTS), "--run", str(run), "--ontology", str(ONTOLOGY),
            "--workers", "1", "--variants", "2", "--synthetic", "4", "--epochs", "6",
-           "--floor", "0.5", "--veto-quantile", "-1", "--crossval", "--rotations", "0",
+           "--floor", "0.5", "--crossval", "--rotations", "0",
            "--out", str(model), "--model-version", "tiny-1"]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -180,12 +185,14 @@ def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     assert (run / "rot0" / "stream.png").is_file()
     # the gate was learned and judged on and off
     assert summary["rotations"]["0"]["gate"] and "stream_nogate" in summary["rotations"]["0"]
-    from export.pretrained import BACKGROUND, LABELS
-    assert set(summary["final"]["gate"]) == set(LABELS) - {BACKGROUND}
+    # the labels are those of the data: the shared layout's two and the folder's new one
+    assert summary["final"]["labels"] == ["car_horn", "siren", "beep", "background"]
+    assert set(summary["final"]["gate"]) == {"car_horn", "siren", "beep"}
     onset_off = tmp_path / "onset_off.toml"
     onset_off.write_text("[model]\nonset_hop_seconds = 0\n")
-    done = subprocess.run([sys.executable, "-m", "export", "stream-eval", "--model",
-                           str(run / "rot0" / "model.onnx"), "--data", str(data), "--group", "0",
+    done = subprocess.run([sys.executable, "-m", "export", "eval", "--model",
+                           str(run / "rot0" / "model.onnx"), "--data", str(data),
+                           "--folder", str(mine), "--group", "0",
                            "--no-gate", "--model-config", str(onset_off), "--out",
                            str(tmp_path / "se"), "--name", "x"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -193,6 +200,7 @@ def test_tiny_real_run_the_daemon_fires_on_its_model(tmp_path):
     judged = json.loads((tmp_path / "se" / "x.json").read_text())
     assert judged["events_config"] == {"audioset_gate": False}
     assert judged["model_config"] == {"onset_hop_seconds": 0}
+    assert 0 <= judged["labelled"]["clip_accuracy"] <= 1
     # judged again without training: the stream files are rewritten, summary.json updated
     (run / "rot0" / "stream.json").unlink()
     done = subprocess.run(cmd[:cmd.index("--crossval")] + ["--eval-only", "--rotations", "0"],
