@@ -88,8 +88,8 @@ class Broker:
 
 def demo_audio(sr: int) -> np.ndarray:
     """The bundled demo clip (a real-life street scene with a siren and a car horn) at ``sr``."""
-    from detector.capture import DEMO_CLIP
-    from detector.analysis import load_audio
+    from detector.audio.capture import DEMO_CLIP
+    from detector.cli.analysis import load_audio
 
     y, _ = load_audio(DEMO_CLIP, sr)
     return y

@@ -37,7 +37,7 @@ def cpu_of(fn) -> tuple[float, float]:
 
 
 def live(seconds: float, sample_rate: int | None) -> tuple[float, int, int]:
-    from detector.capture import MicSource
+    from detector.audio.capture import MicSource
     from detector.config import AudioConfig
 
     src = MicSource(AudioConfig(device="pulse", sample_rate=sample_rate), 16000)
@@ -60,7 +60,7 @@ def live(seconds: float, sample_rate: int | None) -> tuple[float, int, int]:
 
 
 def replay(path: Path) -> tuple[float, float, int]:
-    from detector.capture import FileSource
+    from detector.audio.capture import FileSource
 
     src = FileSource(path, 16000)
     n = 0

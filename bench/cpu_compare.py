@@ -76,9 +76,9 @@ import numpy as np
 tree, raw = Path(sys.argv[1]), Path(sys.argv[2])
 os.chdir(tree)
 sys.path.insert(0, str(tree))
-from detector.capture import AudioSource
+from detector.audio.capture import AudioSource
 from detector.config import config_from_dict
-from detector.model import Classifier
+from detector.model.classifier import Classifier
 from detector.pipeline import Pipeline
 
 y = np.fromfile(raw, dtype=np.float32)

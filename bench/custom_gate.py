@@ -39,12 +39,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import machine, run_line, save  # noqa: E402
-from detector import custom  # noqa: E402
+from detector.model import custom  # noqa: E402
 from detector.config import Config  # noqa: E402
-from detector.custom import ArraySource, read_audio  # noqa: E402
-from detector.model import Classifier, default_model_path  # noqa: E402
+from detector.model.custom import ArraySource, read_audio  # noqa: E402
+from detector.model.classifier import Classifier, default_model_path  # noqa: E402
 from detector.pipeline import Pipeline  # noqa: E402
-from detector.sink import Sink  # noqa: E402
+from detector.publish.sink import Sink  # noqa: E402
 from export import custom_eval  # noqa: E402
 from export.background import background_files, build  # noqa: E402
 

@@ -47,9 +47,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench._common import machine  # noqa: E402
-from detector import custom  # noqa: E402
+from detector.model import custom  # noqa: E402
 from detector.config import Config  # noqa: E402
-from detector.model import Classifier, default_model_path  # noqa: E402
+from detector.model.classifier import Classifier, default_model_path  # noqa: E402
 from export import custom_eval  # noqa: E402
 from export.background import background_files, build  # noqa: E402
 

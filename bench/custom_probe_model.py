@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
     import tf2onnx
 
-    from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS
-    from detector.metadata import ModelMetadata
+    from detector.audio.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS
+    from detector.model.metadata import ModelMetadata
     from export.mn04 import audioset_head, build_trunk, load_weights
 
     weights = load_weights(args.weights)

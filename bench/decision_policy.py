@@ -56,9 +56,9 @@ def fine_scores(model: str, data: Path, group: int, base_hop: float, limit: int)
 
     import soundfile as sf
 
-    from detector.capture import FileSource
+    from detector.audio.capture import FileSource
     from detector.config import config_from_dict
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline
     from export.pretrained import SR
 
@@ -92,7 +92,7 @@ def save_scores(run: dict, path: Path) -> None:
 
 def load_scores(path: Path, data: Path, group: int, limit: int) -> dict:
     """A run of :func:`fine_scores` from its saved scores (the stream is rebuilt, not rescored)."""
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
 
     with np.load(path) as d:
         saved = {k: d[k] for k in d.files}
@@ -148,7 +148,7 @@ def steps(run: dict, policy: dict) -> tuple[int, int]:
 def onset_positions(run: dict, policy: dict) -> np.ndarray:
     """Onsets of the whole stream (sample positions) by the daemon's detector."""
     from detector.config import EventsConfig
-    from detector.onset import OnsetDetector
+    from detector.audio.onset import OnsetDetector
 
     key = ("onsets", policy["onset_rise_db"])
     if key not in run:  # as the pipeline builds it: the frame is a column hop, floor the gate

@@ -47,9 +47,9 @@ def replay(model_path, audio: np.ndarray, tmp: Path) -> tuple[list[dict], float]
     """Start events of ``audio`` through the daemon's pipeline, and the stream-clock origin."""
     import soundfile as sf
 
-    from detector.capture import FileSource
+    from detector.audio.capture import FileSource
     from detector.config import config_from_dict
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline
 
     wav = tmp / "stimulus.wav"
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     import soundfile as sf
     from tqdm import tqdm
 
-    from detector.model import default_model_path
+    from detector.model.classifier import default_model_path
     from export.datasets import load_urbansound8k
 
     model = Path(args.model) if args.model else default_model_path()

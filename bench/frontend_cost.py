@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import demo_audio, machine, save  # noqa: E402
-from detector.features import (MN04_FEATURES, MN04_PARAMS, FeatureParams,  # noqa: E402
+from detector.audio.features import (MN04_FEATURES, MN04_PARAMS, FeatureParams,  # noqa: E402
                                build_frontend)
-from detector.model import default_model_path  # noqa: E402
+from detector.model.classifier import default_model_path  # noqa: E402
 
 BLOCK = 800  # 50 ms at 16 kHz
 HOP_COLUMNS = 25
@@ -42,7 +42,7 @@ def shipped_params() -> FeatureParams:
     try:
         import onnx
 
-        from detector.metadata import ModelMetadata
+        from detector.model.metadata import ModelMetadata
         model = onnx.load(str(default_model_path()), load_external_data=False)
         props = {p.key: p.value for p in model.metadata_props}
         return ModelMetadata.from_props(props).features

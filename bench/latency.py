@@ -210,9 +210,9 @@ def main(argv=None) -> int:
     import paho.mqtt.client as mqtt
     import soundfile as sf
 
-    from detector.capture import FileSource
+    from detector.audio.capture import FileSource
     from detector.config import config_from_dict
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline, build_sinks
 
     info = machine()

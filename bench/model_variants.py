@@ -53,9 +53,9 @@ def replay_events(model: Path, wav: Path, config: Path) -> list[dict]:
 
 def replay_scores(model: Path, wav: Path) -> tuple[np.ndarray, np.ndarray, float]:
     """Every window's raw scores and level through the daemon's Pipeline, and the gate."""
-    from detector.capture import FileSource
+    from detector.audio.capture import FileSource
     from detector.config import config_from_dict
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline
 
     config = config_from_dict({"model": {"intra_op_threads": 1},

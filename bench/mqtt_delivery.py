@@ -32,7 +32,7 @@ from conftest import Mosquitto  # noqa: E402
 from mqtt_helpers import Recorder, make_event  # noqa: E402
 
 from detector.config import MqttConfig  # noqa: E402
-from detector.mqtt import RECONNECT_MAX_SECONDS, RECONNECT_MIN_SECONDS, MqttSink  # noqa: E402
+from detector.publish.mqtt import RECONNECT_MAX_SECONDS, RECONNECT_MIN_SECONDS, MqttSink  # noqa: E402
 
 
 def measure(port: int, queue_path: str | None, n: int) -> list[float]:

@@ -66,8 +66,8 @@ def windows(frames: int, n: int = 64) -> tuple[np.ndarray, str]:
     """``[n, frames, 128, 1]`` normalised windows of real recordings (``real_scene``)
     through the shipped model's own front end."""
     from bench._common import real_scene
-    from detector.features import make_frontend
-    from detector.model import Classifier
+    from detector.audio.features import make_frontend
+    from detector.model.classifier import Classifier
 
     meta = Classifier(SHIPPED).metadata
     audio, what = real_scene(40.0)

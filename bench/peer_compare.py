@@ -156,7 +156,7 @@ def main(argv=None) -> int:
                     r["patches"] = summary["patches"]
                 runs[key].append(r)
                 print(f"repeat {i + 1} {key}: {r}", file=sys.stderr)
-        from detector.model import Classifier
+        from detector.model.classifier import Classifier
 
         clf = Classifier(args.model)
         daemon_model = clf.metadata.model_version

@@ -411,7 +411,7 @@ def keras_onnx(model) -> bytes:
 
 
 def daemon_runner():
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
 
     clf = Classifier(None, ["CPUExecutionProvider"], 1)
     frames, n_mels = clf.metadata.frames, clf.metadata.features.n_mels

@@ -45,11 +45,11 @@ from bench._common import Broker, demo_audio, machine, percentiles, save, write_
 def run_pipeline(wav: Path, port: int, model: str | None):
     """Replay ``wav`` through the real pipeline with MQTT on; returns measurements."""
     t_import = time.perf_counter()
-    from detector.capture import FileSource
+    from detector.audio.capture import FileSource
     from detector.config import config_from_dict
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline, build_sinks
-    from detector.sink import Sink
+    from detector.publish.sink import Sink
 
     class Timing(Sink):
         def __init__(self):
@@ -106,7 +106,7 @@ def features_ratio(y: np.ndarray, params, frames: int, hop_columns: int, n_windo
     """Per model window: StreamingLogMel on the new hop vs librosa on the whole window."""
     import librosa
 
-    from detector.features import StreamingLogMel
+    from detector.audio.features import StreamingLogMel
 
     hop_samples = hop_columns * params.hop_length
     window_samples = params.samples_for(frames)
@@ -136,7 +136,7 @@ def features_ratio(y: np.ndarray, params, frames: int, hop_columns: int, n_windo
 
 
 def model_ms(path: Path, threads: int, window: np.ndarray, runs: int) -> dict:
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
 
     clf = Classifier(path, ("CPUExecutionProvider",), threads)
     for _ in range(10):
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
                                        * meta.features.sample_rate / meta.features.hop_length)))
         n_ratio = max(20, min(400, args.runs))
         feats = features_ratio(demo_audio(sr), meta.features, meta.frames, hop_columns, n_ratio)
-        from detector.features import logmel
+        from detector.audio.features import logmel
 
         window = logmel(demo_audio(sr)[:meta.window_samples], meta.features)
         fp32 = classifier.path

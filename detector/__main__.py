@@ -1,4 +1,4 @@
-"""``python -m detector`` and the ``sound-detector`` console script (see detector/cli.py)."""
+"""``python -m detector`` and the ``sound-detector`` console script (see detector/cli/main.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from .cli import main  # noqa: E402
+from detector.cli.main import main  # noqa: E402
 
 __all__ = ["main"]
 

@@ -14,7 +14,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import ConfigError
+from detector.errors import ConfigError
 
 
 def _existing_ancestor(path: Path) -> Path:

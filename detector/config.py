@@ -33,8 +33,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .errors import ConfigError
-from .private import refuse_writable_by_others
+from detector.errors import ConfigError
+from detector.private import refuse_writable_by_others
 
 MAX_CONFIG_BYTES = 1 << 20
 """A config file is refused beyond this size (1 MB; the example is ~5 kB)."""
@@ -269,7 +269,7 @@ class EventsConfig(_Section):
 
     def _check(self) -> None:
         if self.audioset_labels:
-            from .audioset import check_names
+            from detector.model.audioset import check_names
 
             check_names(self.audioset_labels)
         for label, off in self.thresholds_off.items():

@@ -45,8 +45,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .config import EventsConfig
-from .errors import ConfigError
+from detector.config import EventsConfig
+from detector.errors import ConfigError
 
 EVENT_KEYS = ("id", "type", "label", "score", "peak_score", "start", "end",
               "duration_s", "level_dbfs", "node", "model")

@@ -36,17 +36,17 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DetectorError
-from .events import EventTracker
-from .features import make_frontend
-from .gate import build_gate
-from .onset import OnsetDetector, OnsetSpans
-from .sink import Sink
+from detector.errors import ConfigError, DetectorError
+from detector.events import EventTracker
+from detector.audio.features import make_frontend
+from detector.model.gate import build_gate
+from detector.audio.onset import OnsetDetector, OnsetSpans
+from detector.publish.sink import Sink
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .capture import AudioSource
-    from .config import Config
-    from .model import Classifier
+    from detector.audio.capture import AudioSource
+    from detector.config import Config
+    from detector.model.classifier import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class Pipeline:
     # -- control from other threads
 
     def apply_control(self, cmd: Mapping) -> None:
-        """Queue a validated control command (``detector.control.parse_control`` form);
+        """Queue a validated control command (``detector.publish.control.parse_control`` form);
         the worker applies it before the next window."""
         self._controls.put(cmd)
 
@@ -637,27 +637,27 @@ def build_sinks(config: "Config", sample_rate: int,
     sinks: list[Sink] = []
     notify = None
     if config.clips.enabled:
-        ClipSink = _import("detector.clips", "ClipSink", "clips.enabled")
+        ClipSink = _import("detector.publish.clips", "ClipSink", "clips.enabled")
         sinks.append(ClipSink(config.clips, sample_rate))
     if config.metrics.enabled:
-        MetricsSink = _import("detector.metrics", "MetricsSink", "metrics.enabled")
+        MetricsSink = _import("detector.publish.metrics", "MetricsSink", "metrics.enabled")
         sinks.append(MetricsSink(config.metrics))
     try:
-        from .notify import NotifySink
+        from detector.publish.notify import NotifySink
     except ImportError:
         import os
         if os.environ.get("NOTIFY_SOCKET"):
-            logger.warning("NOTIFY_SOCKET is set but detector.notify is missing; "
+            logger.warning("NOTIFY_SOCKET is set but detector.publish.notify is missing; "
                            "systemd will not get READY=1")
     else:
         notify = NotifySink(device=config.audio.device)
         sinks.append(notify)
     if config.mqtt.enabled:
-        MqttSink = _import("detector.mqtt", "MqttSink", "mqtt.enabled")
+        MqttSink = _import("detector.publish.mqtt", "MqttSink", "mqtt.enabled")
         sinks.append(MqttSink(config.mqtt, on_control=on_control,
                               on_state=notify.mqtt_state if notify is not None else None))
     if config.output.stdout_json if stdout is None else stdout:
-        from .stdout_sink import StdoutSink
+        from detector.publish.stdout import StdoutSink
         sinks.append(StdoutSink())
     sinks.extend(extra)
     return sinks

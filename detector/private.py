@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import DetectorError
+from detector.errors import DetectorError
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
    variances; computed on each slice's true extent at 16 kHz), standardised on
    the training folds only, Dense 256-128-64 (the classic GTZAN tutorial).
 2. **log-mel CNN**: a small Conv2D network on 1 s windows of the daemon's own
-   log-mel front end (``detector.features``); a clip's prediction is the mean of
+   log-mel front end (``detector.audio.features``); a clip's prediction is the mean of
    its window probabilities, as in the CNN+LSTM evaluation.
 3. **CNN+LSTM from scratch**: the project's 0.3.0 model (Conv2D blocks pooling mostly
    along frequency -> bidirectional LSTM over time -> mean + max pooling), on the same
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import DetectorError
-from detector.features import AMIN, FeatureParams
+from detector.audio.features import AMIN, FeatureParams
 
 from .datasets import URBANSOUND8K_LABELS, Clip, load_urbansound8k
 
@@ -76,7 +76,7 @@ def feature_table(clips: list[Clip], cache_csv: Path, sr: int = 16000) -> tuple[
     """``(X [n, d], columns, seconds_per_clip)``; rows cached in ``cache_csv`` by file name."""
     from tqdm import tqdm
 
-    from detector import analysis
+    from detector.cli import analysis
 
     columns = [c for c in analysis.NUMERIC_COLUMNS
                if not c.startswith(("harmony", "perceptr", "tempo"))]

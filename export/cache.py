@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.features import FeatureParams, FrontEnd, LogMel
+from detector.audio.features import FeatureParams, FrontEnd, LogMel
 
 from .audio import load_audio
 

@@ -167,7 +167,7 @@ def card(runs: list[Path], model: Path, command: str, bench: list[Path],
 
 def render(data: dict, model: Path) -> str:
     """The card's Markdown from :func:`card_data`'s dict and the model file."""
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
 
     clf = Classifier(model)
     meta = clf.metadata
@@ -375,7 +375,7 @@ def _what_window(meta, settings, final, model) -> list[str]:
              _gate_text(meta) if meta.gate else "- No AudioSet gate (disabled for this run).",
              f"- Input `[batch, {meta.frames}, {meta.features.n_mels}, 1]`: front end "
              f"`{meta.feature}` (EfficientAT's 32 kHz chain computed at 16 kHz by "
-             "`detector.features.MnLogMel`: n_fft 512, hop 160, 400-sample symmetric Hann, "
+             "`detector.audio.features.MnLogMel`: n_fft 512, hop 160, 400-sample symmetric Hann, "
              "pre-emphasis 0.97 as its 32 kHz response, 128 Kaldi mel bands 0-15000 Hz, "
              "ln(mel + 1e-5), normalised (x + 4.5) / 5). Window hop in the daemon "
              f"{meta.window_hop_seconds} s.",
@@ -397,7 +397,7 @@ def _what_window(meta, settings, final, model) -> list[str]:
 
 
 def _gate_text(meta) -> str:
-    from detector.gate import audioset_classes
+    from detector.model.gate import audioset_classes
 
     names = audioset_classes()
     rules = meta.gate
@@ -408,7 +408,7 @@ def _gate_text(meta) -> str:
         more = len(rule["support"]) - 4
         parts.append(f"{label}: top {rule['top_k']}, {len(rule['support'])} classes ({shown}"
                      + (f", +{more}" if more > 0 else "") + ")")
-    return ("- **AudioSet gate** (`detector.gate`): a label's candidate event is published only "
+    return ("- **AudioSet gate** (`detector.model.gate`): a label's candidate event is published only "
             "when one of its AudioSet support classes ranks among the top k of all 527 in the "
             "mean AudioSet probability over the windows hearing the last "
             f"{first['context_seconds']:g} s; it may wait {first['max_wait_seconds']:g} s for "

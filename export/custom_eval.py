@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.sink import Sink
+from detector.publish.sink import Sink
 
 LEAD_SECONDS = 3.0
 TAIL_SECONDS = 1.5
@@ -37,7 +37,7 @@ def fired_labels(classifier, path: str | Path, config=None, seed: int = 0,
                  noise_dbfs: float = NOISE_DBFS) -> list[str]:
     """Labels that start an event while ``path`` is streamed (in quiet room noise)."""
     from detector.config import Config
-    from detector.custom import ArraySource, read_audio
+    from detector.model.custom import ArraySource, read_audio
     from detector.pipeline import Pipeline
 
     rate = classifier.model_metadata.features.sample_rate

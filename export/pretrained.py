@@ -537,8 +537,8 @@ def context_windows(seconds: float = GATE_CONTEXT_SECONDS) -> int:
 
 def pooled_probs(logits: np.ndarray, n: int) -> np.ndarray:
     """Per window (rows of one clip in time order): the mean AudioSet probability over it
-    and the ``n - 1`` windows before it, exactly as :class:`detector.gate.Evidence`."""
-    from detector.gate import sigmoid
+    and the ``n - 1`` windows before it, exactly as :class:`detector.model.gate.Evidence`."""
+    from detector.model.gate import sigmoid
 
     probs = sigmoid(logits)
     c = np.cumsum(np.vstack([np.zeros((1, probs.shape[1]), np.float32), probs]), axis=0)
@@ -685,11 +685,11 @@ OWN_DATA_NOTE = ("trained on the user's own recordings; starts from EfficientAT 
 def feature_params():
     """The ``mn_logmel`` parameters of this recipe: mn04's front end at 16 kHz with an ideal
     upsampler (``upsample_taps=0``: nothing above 8 kHz). Modelling the teacher's 41-tap
-    upsampler matches the released logits better (``detector.features``), but the head
+    upsampler matches the released logits better (``detector.audio.features``), but the head
     only needs train/serve identity, and the shipped cache was built this way."""
     from dataclasses import replace
 
-    from detector.features import MN04_PARAMS
+    from detector.audio.features import MN04_PARAMS
 
     return replace(MN04_PARAMS, upsample_taps=0)
 
@@ -697,7 +697,7 @@ def feature_params():
 def model_frontend():
     """The daemon's ``mn_logmel`` front end with the network's normalisation applied:
     audio -> ``[frames, 128]`` exactly as the pipeline feeds the model."""
-    from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MnLogMel
+    from detector.audio.features import MN04_FEATURES, MN04_NORMALIZATION, MnLogMel
 
     fe = MnLogMel(MN04_FEATURES, feature_params())
     mean, std = MN04_NORMALIZATION["mean"], MN04_NORMALIZATION["std"]
@@ -711,8 +711,8 @@ def model_frontend():
 
 def metadata(version: str, trained_on: str, thresholds: dict[str, float],
              gate: dict | None = None, license_note: str = LICENSE_NOTE):
-    from detector.features import MN04_FEATURES, MN04_NORMALIZATION
-    from detector.metadata import ModelMetadata
+    from detector.audio.features import MN04_FEATURES, MN04_NORMALIZATION
+    from detector.model.metadata import ModelMetadata
 
     return ModelMetadata(
         labels=LABELS, features=MN04_FEATURES, window_seconds=WINDOW_SECONDS,

@@ -83,9 +83,9 @@ def replay_stream(model_path, audio: np.ndarray, config=None):
     with the gate off (the tracker's events before the gate), else None."""
     import soundfile as sf
 
-    from detector.capture import FileSource
+    from detector.audio.capture import FileSource
     from detector.config import config_from_dict
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline
 
     from .pretrained import SR

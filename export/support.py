@@ -1,7 +1,7 @@
 """The gate's per-label AudioSet support sets: from the ontology, widened from training data.
 
 A label fires only when one of the AudioSet classes that *support* it ranks among the top
-``k`` of all 527 classes over the last few seconds (:mod:`detector.gate`). The support set
+``k`` of all 527 classes over the last few seconds (:mod:`detector.model.gate`). The support set
 of a label is
 
 1. the hand-written ontology nodes of :data:`ROOTS` and all their descendants in the

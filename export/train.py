@@ -238,7 +238,7 @@ def run(args) -> int:
     P.set_labels(labels)
     ontology = None
     if not args.no_gate:
-        from detector.gate import audioset_classes
+        from detector.model.gate import audioset_classes
 
         from .support import load_ontology, ontology_support
         path = Path(args.ontology or data / "pretrained" / "audioset_ontology.json")

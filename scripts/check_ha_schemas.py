@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from detector.homeassistant import discovery_messages  # noqa: E402
+from detector.publish.homeassistant import discovery_messages  # noqa: E402
 
 LABELS = ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
           "engine_idling", "gun_shot", "jackhammer", "siren", "street_music", "explosion"]

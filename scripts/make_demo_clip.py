@@ -172,7 +172,7 @@ def save_spectrogram(audio: np.ndarray, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from detector.features import FeatureParams, logmel
+    from detector.audio.features import FeatureParams, logmel
 
     mel = logmel(audio, FeatureParams())
     fig, ax = plt.subplots(figsize=(10, 3.2), dpi=110)

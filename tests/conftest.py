@@ -106,7 +106,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_leftover_cli_log_handler():
-    """A test that runs ``detector.cli.main`` in-process leaves its stderr log handler on
+    """A test that runs ``detector.cli.main.main`` in-process leaves its stderr log handler on
     the root logger; without this, every later test's log lines would print through it."""
     yield
     import logging

@@ -2,7 +2,7 @@
 
 Every test that needs a classifier uses one of these instead of mocking
 onnxruntime: the file carries the full metadata contract
-(:class:`detector.metadata.ModelMetadata`), so the daemon loads it exactly like
+(:class:`detector.model.metadata.ModelMetadata`), so the daemon loads it exactly like
 the shipped model.
 
 The band model
@@ -59,8 +59,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from detector.features import FeatureParams, MnParams, build_frontend
-from detector.metadata import ModelMetadata
+from detector.audio.features import FeatureParams, MnParams, build_frontend
+from detector.model.metadata import ModelMetadata
 
 DEFAULT_LABELS = ("siren", "dog_bark", "background")
 DEFAULT_BANDS = {"siren": 1000.0, "dog_bark": 3000.0}
@@ -180,7 +180,7 @@ def make_band_model(
         outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT,
                                                      ["N", 2 * n_mels]))
     if audioset_bands is not None:
-        from detector.gate import audioset_classes
+        from detector.model.gate import audioset_classes
 
         names = audioset_classes()
         w_as = np.zeros((n_mels, len(names)), dtype=np.float32)

@@ -14,7 +14,7 @@ import soundfile as sf
 pytest.importorskip("librosa")
 pytest.importorskip("matplotlib")
 
-from detector import analysis  # noqa: E402
+from detector.cli import analysis  # noqa: E402
 from detector.errors import AudioError, DetectorError  # noqa: E402
 
 SR = 16000
@@ -127,7 +127,7 @@ def test_directory_of_class_folders_labels_rows_and_survives_a_bad_file(tmp_path
 
 
 def test_missing_input_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "detector.analysis",
+    proc = subprocess.run([sys.executable, "-m", "detector.cli.analysis",
                            str(tmp_path / "nope.wav"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -157,9 +157,9 @@ def test_nan_samples_are_replaced(tmp_path):
 
 def test_core_imports_without_the_analysis_extra():
     code = ("import sys; sys.modules['librosa'] = None; sys.modules['matplotlib'] = None\n"
-            "import detector.analysis, detector.plotting\n"
+            "import detector.cli.analysis, detector.cli.plotting\n"
             "from detector.errors import DetectorError\n"
-            "try:\n    detector.analysis.require_extra()\nexcept DetectorError as e:\n"
+            "try:\n    detector.cli.analysis.require_extra()\nexcept DetectorError as e:\n"
             "    print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)

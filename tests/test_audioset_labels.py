@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector import audioset
+from detector.model import audioset
 from detector.config import EventsConfig
 from detector.errors import ConfigError
-from detector.homeassistant import discovery_messages
+from detector.publish.homeassistant import discovery_messages
 from onnx_models import make_band_model, tone_signal, write_tone_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_labels_lists_built_in_and_audioset_labels(model):
 
 
 def test_scores_of_audioset_labels_come_from_the_same_pass(model):
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
 
     clf = Classifier(model)
     clf.attach_audioset(audioset.AudioSetLabels((SMOKE, "Alarm")))
@@ -219,10 +219,10 @@ def test_runtime_control_switches_an_audioset_label_like_a_built_in_one(model):
     from dataclasses import replace
 
     from detector.config import Config
-    from detector.custom import ArraySource
-    from detector.model import Classifier
+    from detector.model.custom import ArraySource
+    from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline
-    from detector.sink import Sink
+    from detector.publish.sink import Sink
 
     class Starts(Sink):
         def __init__(self):

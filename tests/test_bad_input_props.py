@@ -25,12 +25,12 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from detector.capture import FileSource
+from detector.audio.capture import FileSource
 from detector.config import Config, MqttConfig
-from detector.control import LABEL_KEYS, parse_control
+from detector.publish.control import LABEL_KEYS, parse_control
 from detector.errors import AudioError, ConfigError
-from detector.model import Classifier
-from detector.mqtt import MqttSink
+from detector.model.classifier import Classifier
+from detector.publish.mqtt import MqttSink
 from detector.pipeline import Pipeline
 from onnx_models import make_band_model
 

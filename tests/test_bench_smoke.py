@@ -262,7 +262,7 @@ def test_null_model_keeps_the_contract_and_never_fires(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     from cost_floor import write_null_model
 
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
 
     shipped = Classifier(None, ["CPUExecutionProvider"], 1)
     null = Classifier(str(write_null_model(REPO / "detector" / "models" / "default.onnx",

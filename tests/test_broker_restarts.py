@@ -23,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from conftest import REPO, free_port, mosquitto_binary, wait_port
-from detector.mqtt import RECONNECT_MAX_SECONDS, RECONNECT_MIN_SECONDS, reconnect_delay
+from detector.publish.mqtt import RECONNECT_MAX_SECONDS, RECONNECT_MIN_SECONDS, reconnect_delay
 from onnx_models import make_band_model, write_tone_wav
 
 RESTARTS = 10

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import detector.capture as capture
-from detector.capture import DECODE_SECONDS, DEMO_CLIP, AudioSource, FileSource
+import detector.audio.capture as capture
+from detector.audio.capture import DECODE_SECONDS, DEMO_CLIP, AudioSource, FileSource
 from detector.errors import AudioError
-from detector.resample import resample
+from detector.audio.resample import resample
 
 RATE = 16000
 
@@ -93,7 +93,7 @@ def test_nan_and_inf_become_zero_with_one_warning(tmp_path, caplog):
     x[12000] = -np.inf
     path = tmp_path / "nan.wav"
     sf.write(path, x, RATE, subtype="FLOAT")
-    with caplog.at_level(logging.WARNING, logger="detector.capture"):
+    with caplog.at_level(logging.WARNING, logger="detector.audio.capture"):
         src = FileSource(path, RATE)
         got, _ = read_all(src)
     assert np.isfinite(got).all()
@@ -252,7 +252,7 @@ def test_truncated_wav_plays_what_is_there(tmp_path):
 def test_flac_corrupted_midway_ends_early_with_one_warning(tmp_path, caplog):
     data = flac_bytes(tmp_path)
     path = write_bytes(tmp_path / "half.flac", data[: len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="detector.capture"):
+    with caplog.at_level(logging.WARNING, logger="detector.audio.capture"):
         got, _ = read_all(FileSource(path, RATE))
     assert 0 < len(got) < RATE
     np.testing.assert_allclose(got, tone(440, 1.0, RATE)[: len(got)], atol=1e-4)
@@ -365,7 +365,7 @@ def test_any_float_content_comes_out_finite_and_in_range(tmp_path, values):
 def test_mic_reader_downmixes_and_resamples_after_each_format_marker():
     """The reader side of MicSource (no PortAudio needed): blocks as the callback
     queues them, preceded by the marker each (re)opened stream puts first."""
-    from detector.capture import MicSource, _Format
+    from detector.audio.capture import MicSource, _Format
     from detector.config import AudioConfig
 
     src = MicSource(AudioConfig(), RATE)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from detector.capture import MicSource, format_devices, list_devices, resolve_device
+from detector.audio.capture import MicSource, format_devices, list_devices, resolve_device
 from detector.config import AudioConfig
 from detector.errors import DeviceError
 
@@ -116,7 +116,7 @@ def test_unknown_device_name_waits_and_lists_inputs(pulse_mic, caplog):
     statuses = []
     src = MicSource(AudioConfig(device="no-such-microphone-xyz"), RATE,
                     on_status=statuses.append)
-    with caplog.at_level(logging.WARNING, logger="detector.capture"):
+    with caplog.at_level(logging.WARNING, logger="detector.audio.capture"):
         src.start()
     try:
         assert statuses == ["waiting"] and not src.connected
@@ -225,7 +225,7 @@ def test_daemon_hears_the_fifo_microphone_before_and_after_device_loss(pulse_mic
 
     import soundfile as sf
 
-    from detector.capture import DEMO_CLIP
+    from detector.audio.capture import DEMO_CLIP
 
     model = DEMO_CLIP.parent.parent / "models" / "default.onnx"
     if not (DEMO_CLIP.exists() and model.exists()):
@@ -338,7 +338,7 @@ import sounddevice  # PortAudio enumerates now, while no sound server runs
 assert not any(d["name"] == "pulse" for d in sounddevice.query_devices()), "pulse seen early"
 mic.start()  # the "microphone" is plugged in after PortAudio started
 try:
-    from detector.capture import MicSource
+    from detector.audio.capture import MicSource
     from detector.config import AudioConfig
     src = MicSource(AudioConfig(device="pulse"), 16000)
     src.start()
@@ -377,7 +377,7 @@ def test_a_vanished_device_is_two_log_lines_and_no_native_noise(pulse_mic, caplo
     as the stream dies come before the loss is seen and are not part of the check."""
     import logging
 
-    from detector.capture import NATIVE_NOISE
+    from detector.audio.capture import NATIVE_NOISE
 
     status = StatusLog()
     src = MicSource(AudioConfig(device="pulse", reconnect_max_backoff_seconds=0.5), RATE,
@@ -387,7 +387,7 @@ def test_a_vanished_device_is_two_log_lines_and_no_native_noise(pulse_mic, caplo
         status.wait_for("connected")
         capfd.readouterr()
         caplog.clear()
-        caplog.set_level(logging.DEBUG, logger="detector.capture")
+        caplog.set_level(logging.DEBUG, logger="detector.audio.capture")
         pulse_mic.unload_source()
         status.wait_for("lost")
         time.sleep(0.3)
@@ -399,7 +399,7 @@ def test_a_vanished_device_is_two_log_lines_and_no_native_noise(pulse_mic, caplo
     finally:
         src.stop()
     shown = [r.getMessage() for r in caplog.records
-             if r.name == "detector.capture" and r.levelno >= logging.INFO]
+             if r.name == "detector.audio.capture" and r.levelno >= logging.INFO]
     assert len(shown) == 3, shown  # lost, back, and the "open" line of the new stream
     assert "lost" in shown[0] and shown[2].startswith("audio input back after")
     attempts = int(shown[2].split(" and ")[1].split()[0])

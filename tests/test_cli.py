@@ -309,7 +309,7 @@ def test_replay_plot_writes_a_png_or_names_the_missing_extra(files, tmp_path):
     out = tmp_path / "scores.png"
     result = cli("replay", tone, "--model", model, "--plot", out)
     try:
-        import detector.plotting  # noqa: F401  (ANALYSIS's module; matplotlib inside)
+        import detector.cli.plotting  # noqa: F401  (ANALYSIS's module; matplotlib inside)
         import matplotlib  # noqa: F401
     except ImportError:
         line = one_error_line(result) if result.returncode else ""

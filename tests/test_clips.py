@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from detector.clips import ClipSink
+from detector.publish.clips import ClipSink
 from detector.config import ClipsConfig
 from detector.errors import ConfigError
 from detector.events import iso_utc
@@ -158,7 +158,7 @@ def test_leftover_part_files_are_removed_at_start(tmp_path, caplog):
     clips.mkdir()
     (clips / ".20260101T000000Z_siren_abc.flac.part").write_bytes(b"half")
     (clips / "20260101T000000Z_siren_abc.flac").write_bytes(b"kept")  # a finished clip
-    with caplog.at_level("INFO", logger="detector.clips"):
+    with caplog.at_level("INFO", logger="detector.publish.clips"):
         sink = ClipSink(settings(tmp_path), SR)
     sink.close()
     assert not list(clips.glob(".*.part"))
@@ -190,7 +190,7 @@ def test_a_full_clips_disk_names_no_clip_that_does_not_exist(tmp_path, caplog):
             events.setdefault(round(start, 3), []).append(ev("start", "siren", start))
             events.setdefault(round(start + 1.0, 3), []).append(end)
             ends.append(end)
-        with caplog.at_level("INFO", logger="detector.clips"):
+        with caplog.at_level("INFO", logger="detector.publish.clips"):
             feed(sink, audio, 55.0, events)
             sink.close()
         named = [Path(e["clip"]) for e in ends if "clip" in e]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from detector.control import MAX_PAYLOAD_BYTES, parse_control
+from detector.publish.control import MAX_PAYLOAD_BYTES, parse_control
 from detector.errors import ConfigError
 
 LABELS = ("siren", "dog_bark", "car_horn")

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from detector import custom
+from detector.model import custom
 from detector.config import Config, ConfigError, load_config
 from detector.errors import ModelError
-from detector.features import FeatureParams, logmel
-from detector.metadata import ModelMetadata
-from detector.model import Classifier
+from detector.audio.features import FeatureParams, logmel
+from detector.model.metadata import ModelMetadata
+from detector.model.classifier import Classifier
 from mqtt_helpers import Recorder
 from onnx_models import make_band_model, tone_signal, write_tone_wav
 
@@ -274,7 +274,7 @@ def test_validate_config_knows_custom_labels_where_the_daemon_loads_them(
     """A threshold for a custom label is valid wherever the daemon would find the label:
     --custom, model.custom_dir, $STATE_DIRECTORY, or (from a shell, where systemd's
     $STATE_DIRECTORY is unset) the installed service's state directory."""
-    from detector import cli as cli_module
+    from detector.cli import main as cli_module
 
     directory, _ = enrolled
     conf = tmp_path / "c.toml"
@@ -408,11 +408,11 @@ def test_custom_dir_config_key_is_checked():
 
 
 def test_runtime_control_and_metrics_know_the_custom_label(enrolled, model, audio):
-    from detector.control import parse_control
-    from detector.metrics import MetricsSink, Registry
+    from detector.publish.control import parse_control
+    from detector.publish.metrics import MetricsSink, Registry
     from detector.config import MetricsConfig
     from detector.pipeline import Pipeline
-    from detector.sink import Sink
+    from detector.publish.sink import Sink
 
     directory, _ = enrolled
     clf = Classifier(model)

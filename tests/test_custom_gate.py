@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector import custom
-from detector.gate import audioset_classes
+from detector.model import custom
+from detector.model.gate import audioset_classes
 from onnx_models import make_band_model, tone_signal, write_tone_wav
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from detector import custom
-from detector.model import Classifier, default_model_path
+from detector.model import custom
+from detector.model.classifier import Classifier, default_model_path
 from export import custom_eval
 from onnx_models import SHIPPED_030_EMBEDDING, expose_embedding
 

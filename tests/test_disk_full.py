@@ -93,7 +93,7 @@ class Lines:
 
 
 def test_unit_outbox_holds_in_memory_and_writes_when_space_returns(small_fs, caplog):
-    from detector.outbox import SqliteOutbox
+    from detector.publish.outbox import SqliteOutbox
 
     box = SqliteOutbox(small_fs / "q" / "outbox.sqlite", 100)
     filler = fill(small_fs)

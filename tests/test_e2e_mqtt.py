@@ -297,7 +297,7 @@ def test_device_loss_is_published_and_detection_resumes(mosquitto, model, tmp_pa
 def test_shipped_model_on_the_demo_clip_reaches_the_broker(mosquitto, tmp_path):
     """The README's first command with MQTT on: the shipped model hears the bundled
     clip, and the broker gets exactly the events printed on stdout."""
-    from detector.capture import DEMO_CLIP
+    from detector.audio.capture import DEMO_CLIP
 
     shipped = REPO / "detector" / "models" / "default.onnx"
     if not (shipped.exists() and Path(DEMO_CLIP).exists()):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from detector.enrolment import TAKE_PAUSE_SECONDS, record_takes
+from detector.cli.enrolment import TAKE_PAUSE_SECONDS, record_takes
 from detector.errors import ConfigError
 
 RATE = 16000

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from detector.errors import AudioError
-from detector.features import FeatureParams, logmel
+from detector.audio.features import FeatureParams, logmel
 from export.cache import cache_key, clip_logmel, load_features
 from export.datasets import Clip
 
@@ -65,7 +65,7 @@ def test_load_features_names_missing_file(tmp_path):
 def test_mn_logmel_front_end_is_cached_under_its_own_key(tmp_path):
     from dataclasses import replace
 
-    from detector.features import MN04_FEATURES, MN04_PARAMS, MnLogMel
+    from detector.audio.features import MN04_FEATURES, MN04_PARAMS, MnLogMel
 
     wav = tmp_path / "a.wav"
     write_tone(wav, 1000)

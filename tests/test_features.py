@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from detector.errors import ConfigError
-from detector.features import FeatureParams, StreamingLogMel, logmel, mel_filterbank
+from detector.audio.features import FeatureParams, StreamingLogMel, logmel, mel_filterbank
 
 PARAMS = FeatureParams()
 

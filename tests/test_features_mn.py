@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from detector.errors import ConfigError, ModelError
-from detector.features import (MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS, FeatureParams,
+from detector.audio.features import (MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS, FeatureParams,
                                MnLogMel, MnParams, build_frontend, kaldi_mel, make_frontend)
-from detector.metadata import ModelMetadata
+from detector.model.metadata import ModelMetadata
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -170,7 +170,7 @@ def test_matches_the_32khz_chain_on_generated_signals():
 
 def test_upsampler_is_resample_polys():
     signal = pytest.importorskip("scipy.signal")
-    from detector.features import upsampler_fir, upsampler_power
+    from detector.audio.features import upsampler_fir, upsampler_power
 
     np.testing.assert_allclose(upsampler_fir(MN04_PARAMS, SR),
                                signal.firwin(41, 0.5, window=("kaiser", 5.0)), atol=1e-15)
@@ -369,7 +369,7 @@ def test_replay_refuses_a_bad_kind_in_one_line_exit_2(tmp_path, props, needle):
 def test_classifier_reads_the_kind_from_the_onnx_file(tmp_path):
     from onnx_models import make_band_model
 
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
 
     model = make_band_model(tmp_path / "mn.onnx", features=MN04_FEATURES, feature="mn_logmel",
                             feature_params=MN04_PARAMS, normalization=MN04_NORMALIZATION,

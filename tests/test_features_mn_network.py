@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from conftest import SHARED_DATA
-from detector.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS, MnLogMel
+from detector.audio.features import MN04_FEATURES, MN04_NORMALIZATION, MN04_PARAMS, MnLogMel
 
 pytest.importorskip("tensorflow", reason="needs the [train] extra (TensorFlow)")
 pytest.importorskip("scipy", reason="needs scipy (the teacher's resampler)")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from detector.config import EventsConfig
-from detector.gate import EventGate, Evidence, GateRule, audioset_classes, build_gate, supporting
+from detector.model.gate import EventGate, Evidence, GateRule, audioset_classes, build_gate, supporting
 
 N = 527
 NAMES = audioset_classes()
@@ -147,8 +147,8 @@ def test_flush_decides_the_waiting_candidates_on_the_evidence_there_is():
 
 
 def test_config_overrides_the_models_gate_per_label():
-    from detector.metadata import ModelMetadata
-    from detector.features import FeatureParams
+    from detector.model.metadata import ModelMetadata
+    from detector.audio.features import FeatureParams
 
     rule = {"support": [SIREN], "top_k": 5, "floor": 0.05, "context_seconds": 3.0,
             "max_wait_seconds": 2.0}
@@ -172,8 +172,8 @@ def test_config_overrides_the_models_gate_per_label():
 ])
 def test_a_bad_gate_in_the_metadata_is_one_line(bad, message):
     from detector.errors import ModelError
-    from detector.features import FeatureParams
-    from detector.metadata import ModelMetadata
+    from detector.audio.features import FeatureParams
+    from detector.model.metadata import ModelMetadata
 
     with pytest.raises(ModelError, match=message):
         ModelMetadata(labels=("siren", "background"), features=FeatureParams(),
@@ -238,9 +238,9 @@ def test_the_daemon_drops_an_event_the_audioset_vocabulary_calls_something_else(
 def test_a_replay_records_what_the_gate_off_would_have_published(tmp_path):
     from onnx_models import write_tone_wav
 
-    from detector.capture import FileSource
+    from detector.audio.capture import FileSource
     from detector.config import config_from_dict
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline
 
     wav = write_tone_wav(tmp_path / "tone.wav", [(1.0, 3.0, 1000.0)], seconds=5.0)

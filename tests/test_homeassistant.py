@@ -7,9 +7,9 @@ import time
 import uuid
 
 from detector.config import MqttConfig
-from detector.homeassistant import (discovery_messages, event_entity_payload, topic_names,
+from detector.publish.homeassistant import (discovery_messages, event_entity_payload, topic_names,
                                     topic_safe)
-from detector.mqtt import MqttSink
+from detector.publish.mqtt import MqttSink
 from mqtt_helpers import Recorder, make_event
 
 
@@ -114,7 +114,7 @@ def test_a_flood_of_online_messages_resends_discovery_at_a_bounded_rate(mosquitt
                                                                         monkeypatch):
     import logging
 
-    import detector.mqtt as mqtt_module
+    import detector.publish.mqtt as mqtt_module
 
     monkeypatch.setattr(mqtt_module, "DISCOVERY_RESEND_SECONDS", 2.0)
     node = f"flood-{uuid.uuid4().hex[:6]}"
@@ -124,7 +124,7 @@ def test_a_flood_of_online_messages_resends_discovery_at_a_bounded_rate(mosquitt
                           discovery_prefix=disc)
     rec = Recorder(mosquitto.port, [f"{disc}/+/{node}/+/config"])
     sink = MqttSink(settings)
-    with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+    with caplog.at_level(logging.INFO, logger="detector.publish.mqtt"):
         sink.start(["siren"], "v1")
         try:
             rec.wait_count(topic, 1)  # at connect

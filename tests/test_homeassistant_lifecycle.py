@@ -17,8 +17,8 @@ import paho.mqtt.client as paho
 import pytest
 
 from detector.config import MqttConfig
-from detector.homeassistant import discovery_messages
-from detector.mqtt import MqttSink
+from detector.publish.homeassistant import discovery_messages
+from detector.publish.mqtt import MqttSink
 from mqtt_helpers import Recorder, retained_all
 from onnx_models import make_band_model, write_tone_wav
 

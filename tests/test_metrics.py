@@ -11,7 +11,7 @@ import pytest
 from conftest import free_port
 from detector.config import MetricsConfig
 from detector.errors import ConfigError
-from detector.metrics import Registry, MetricsSink
+from detector.publish.metrics import Registry, MetricsSink
 
 
 def scrape(port: int) -> dict[str, float]:

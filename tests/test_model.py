@@ -10,8 +10,8 @@ import pytest
 
 from detector.config import Config, ConfigError, EventsConfig, AudioConfig, ModelConfig
 from detector.errors import ModelError
-from detector.features import FeatureParams, logmel
-from detector.model import Classifier, check_against_model, default_model_path
+from detector.audio.features import FeatureParams, logmel
+from detector.model.classifier import Classifier, check_against_model, default_model_path
 from onnx_models import make_band_model, tone_signal
 
 
@@ -62,7 +62,7 @@ def test_dynamic_frames_dimension_is_accepted(tmp_path):
 
 
 def test_cuda_requested_falls_back_to_cpu_with_a_log(tiny, caplog):
-    with caplog.at_level(logging.WARNING, logger="detector.model"):
+    with caplog.at_level(logging.WARNING, logger="detector.model.classifier"):
         clf = Classifier(tiny, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert clf.providers == ["CPUExecutionProvider"]
     assert any("CUDAExecutionProvider is not available" in r.getMessage() for r in caplog.records)
@@ -109,7 +109,7 @@ def test_bad_model_files_give_one_line(tmp_path, make, expected):
 
 
 def test_missing_shipped_model_message(monkeypatch, tmp_path):
-    import detector.model as model_mod
+    import detector.model.classifier as model_mod
     monkeypatch.setattr(model_mod, "MODELS_DIR", tmp_path)
     with pytest.raises(ModelError, match="shipped model default.onnx is missing.*--model"):
         Classifier(None)

@@ -28,7 +28,7 @@ def test_the_shipped_model_card_is_generated_from_its_data_file():
 
 
 def test_the_card_data_is_of_the_shipped_model():
-    from detector.model import Classifier
+    from detector.model.classifier import Classifier
 
     data = json.loads(DATA.read_text())
     version = Classifier(MODEL).metadata.model_version

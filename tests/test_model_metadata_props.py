@@ -21,8 +21,8 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from detector.cli import main
-from detector.metadata import OPTIONAL_KEYS, REQUIRED_KEYS
+from detector.cli.main import main
+from detector.model.metadata import OPTIONAL_KEYS, REQUIRED_KEYS
 from onnx_models import make_band_model, write_tone_wav
 
 REPO = Path(__file__).resolve().parents[1]

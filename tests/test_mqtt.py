@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, Mosquitto, free_port, mosquitto_binary, wait_port
 from detector.config import MqttConfig
 from detector.errors import ConfigError
-from detector.mqtt import MqttSink
+from detector.publish.mqtt import MqttSink
 from mqtt_helpers import Recorder, make_event, retained
 
 
@@ -98,7 +98,7 @@ def test_daemon_started_before_the_broker(tmp_path, sinks, caplog):
     prefix = f"sound-detector/{s.node_id}"
     sink = MqttSink(s)
     sinks.append(sink)
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         sink.start(["siren"], "v1")
         sent = [make_event(i, kind="start" if i % 2 == 0 else "end") for i in range(6)]
         for e in sent:
@@ -188,7 +188,7 @@ def test_runtime_control(mosquitto, sinks, caplog):
     # at once could reach the broker first on a loaded machine)
     rec.wait_for(lambda m: sink.connected and rec.last(f"{prefix}/status") == b"online",
                  what="sink connected and subscribed")
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         rec.client.publish(f"{prefix}/set", b'{"labels": {"cat": {"enabled": false}}}', qos=1)
         rec.client.publish(f"{prefix}/set", b"\xff not json", qos=1)
         rec.client.publish(f"{prefix}/set",
@@ -221,7 +221,7 @@ def test_control_rejected_by_the_pipeline_is_a_warning(mosquitto, sinks, caplog)
     # at once could reach the broker first on a loaded machine)
     rec.wait_for(lambda m: sink.connected and rec.last(f"{prefix}/status") == b"online",
                  what="sink connected and subscribed")
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         rec.client.publish(f"{prefix}/set", b'{"labels": {"siren": {"threshold_off": 0.9}}}')
         rec.wait_for(lambda m: calls, what="control call")
         rec.wait_for(lambda m: any("must be <=" in r.getMessage() for r in caplog.records),
@@ -233,7 +233,7 @@ def test_control_rejected_by_the_pipeline_is_a_warning(mosquitto, sinks, caplog)
 LAST_WILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from detector.config import MqttConfig
-    from detector.mqtt import MqttSink
+    from detector.publish.mqtt import MqttSink
     sink = MqttSink(MqttConfig(enabled=True, host="127.0.0.1", port=int(sys.argv[1]),
                                node_id=sys.argv[2], homeassistant_discovery=False))
     sink.start(["siren"], "v1")
@@ -371,7 +371,7 @@ def test_tls_verifies_the_broker_host_name(tls_broker, caplog):
     finally:
         good.close()
     # 127.0.0.1 is not in the certificate: hostname verification must refuse it
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         wrong = MqttSink(settings(port, host="127.0.0.1", tls=True, ca_file=str(ca)))
         wrong.start(["siren"], "v1")
         try:
@@ -403,7 +403,7 @@ def test_full_queue_keeps_the_newest_events(tmp_path, caplog):
     sink = MqttSink(s)
     sink.start(["siren"], "v1")
     sent = [make_event(i, kind="start" if i % 2 == 0 else "end") for i in range(5)]
-    with caplog.at_level(logging.WARNING, logger="detector.outbox"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.outbox"):
         for e in sent:
             sink.event(e)
     assert len(sink.outbox) == 6

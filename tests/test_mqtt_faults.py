@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from detector.config import MqttConfig
-from detector.mqtt import MqttSink
+from detector.publish.mqtt import MqttSink
 from mqtt_helpers import Recorder, retained
 
 
@@ -28,7 +28,7 @@ def sinks():
         sink.close()
 
 
-def _warnings(caplog, logger="detector.mqtt"):
+def _warnings(caplog, logger="detector.publish.mqtt"):
     return [r.getMessage() for r in caplog.records
             if r.name == logger and r.levelno >= logging.WARNING]
 
@@ -41,7 +41,7 @@ def test_retained_control_is_ignored_and_cleared(mosquitto, sinks, caplog):
                        retain=True).wait_for_publish(5)
     assert retained(mosquitto.port, topic) is not None
     controls = []
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         sink = MqttSink(s, on_control=controls.append)
         sinks.append(sink)
         sink.start(["siren"], "v1")
@@ -69,7 +69,7 @@ def test_a_flood_of_bad_control_is_rate_limited(mosquitto, sinks, caplog):
     pub = Recorder(mosquitto.port, [f"sound-detector/{s.node_id}/status"])
     pub.wait_for(lambda m: sink.connected, 20, "sink connected")
     big = b'{"labels": {"siren": {"threshold_on": ' + b"9" * 3000 + b"}}}"
-    with caplog.at_level(logging.DEBUG, logger="detector.mqtt"):
+    with caplog.at_level(logging.DEBUG, logger="detector.publish.mqtt"):
         for _ in range(200):
             pub.client.publish(topic, b"not json", qos=1)
         pub.client.publish(topic, big, qos=1)
@@ -89,7 +89,7 @@ def test_a_flood_of_bad_control_is_rate_limited(mosquitto, sinks, caplog):
 @pytest.mark.parametrize("queue", ["memory", "sqlite"])
 def test_an_undeliverable_message_is_set_aside_and_the_rest_flow(mosquitto, sinks, caplog,
                                                                  tmp_path, queue):
-    from detector.metrics import REGISTRY
+    from detector.publish.metrics import REGISTRY
     from mqtt_helpers import make_event
 
     path = str(tmp_path / "outbox.sqlite") if queue == "sqlite" else None
@@ -99,7 +99,7 @@ def test_an_undeliverable_message_is_set_aside_and_the_rest_flow(mosquitto, sink
     rec = Recorder(mosquitto.port, [f"{prefix}/#"])
     sink = MqttSink(s)
     sinks.append(sink)
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         sink.start(["siren", long_label], "v1")
         sent = [make_event(0, label=long_label), make_event(1, label="siren"),
                 make_event(2, label="siren", kind="end")]
@@ -138,8 +138,8 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 
 from conftest import Mosquitto, free_port, mosquitto_binary, wait_port  # noqa: E402
-import detector.mqtt as mqtt_module  # noqa: E402
-from detector.metrics import REGISTRY  # noqa: E402
+import detector.publish.mqtt as mqtt_module  # noqa: E402
+from detector.publish.metrics import REGISTRY  # noqa: E402
 
 
 def _wait(predicate, seconds=20.0):
@@ -191,7 +191,7 @@ def _problem_lines(caplog, fragment):
 
 def test_plain_client_against_a_tls_listener_says_so(tls_brokers, sinks, caplog):
     states = []
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         sink = MqttSink(settings(tls_brokers["tls"]), on_state=states.append)
         sinks.append(sink)
         before = REGISTRY.mqtt_problems.value(reason="closed")
@@ -206,7 +206,7 @@ def test_plain_client_against_a_tls_listener_says_so(tls_brokers, sinks, caplog)
 
 def test_mtls_broker_without_a_client_certificate_says_so(tls_brokers, sinks, caplog):
     common = dict(host="localhost", tls=True, ca_file=tls_brokers["ca"])
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         sink = MqttSink(settings(tls_brokers["mtls"], **common))
         sinks.append(sink)
         sink.start(["siren"], "v1")
@@ -223,7 +223,7 @@ def test_mtls_broker_without_a_client_certificate_says_so(tls_brokers, sinks, ca
 
 
 def test_wrong_host_name_is_a_tls_certificate_line(tls_brokers, sinks, caplog):
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         sink = MqttSink(settings(tls_brokers["tls"], tls=True, ca_file=tls_brokers["ca"]))
         sinks.append(sink)
         sink.start(["siren"], "v1")  # 127.0.0.1 is not in the certificate
@@ -248,7 +248,7 @@ def test_refused_authentication_is_logged_once_then_at_a_bounded_rate(tmp_path, 
     try:
         wait_port(port)
         before = REGISTRY.mqtt_problems.value(reason="auth")
-        with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+        with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
             sink = MqttSink(settings(port, username="alice"), password="wrong-one")
             sinks.append(sink)
             sink.start(["siren"], "v1")
@@ -267,7 +267,7 @@ def test_refused_authentication_is_logged_once_then_at_a_bounded_rate(tmp_path, 
 
 
 def test_unreachable_broker_then_recovery_in_notify_status(tmp_path, sinks, caplog):
-    from detector.notify import NotifySink
+    from detector.publish.notify import NotifySink
 
     address = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -275,7 +275,7 @@ def test_unreachable_broker_then_recovery_in_notify_status(tmp_path, sinks, capl
     sock.settimeout(20)
     notify = NotifySink({"NOTIFY_SOCKET": address})
     port = free_port()
-    with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+    with caplog.at_level(logging.INFO, logger="detector.publish.mqtt"):
         sink = MqttSink(settings(port), on_state=notify.mqtt_state)
         sinks.append(sink)
         notify.start(["siren"], "v1")
@@ -313,7 +313,7 @@ def test_silent_broker_is_reported_and_clears(fresh_mosquitto, sinks, caplog, mo
     before = REGISTRY.mqtt_problems.value(reason="no_puback")
     os.kill(fresh_mosquitto.proc.pid, signal.SIGSTOP)
     try:
-        with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+        with caplog.at_level(logging.INFO, logger="detector.publish.mqtt"):
             sink.event(make_event(0))
             assert _wait(lambda: _problem_lines(caplog, "has not acknowledged"), 15)
             assert REGISTRY.mqtt_unacked_seconds.value() >= 1.0
@@ -322,7 +322,7 @@ def test_silent_broker_is_reported_and_clears(fresh_mosquitto, sinks, caplog, mo
             assert REGISTRY.mqtt_problems.value(reason="no_puback") == before + 1
             assert "has not acknowledged" in (sink.problem or "")
         os.kill(fresh_mosquitto.proc.pid, signal.SIGCONT)
-        with caplog.at_level(logging.INFO, logger="detector.mqtt"):
+        with caplog.at_level(logging.INFO, logger="detector.publish.mqtt"):
             assert _wait(lambda: len(sink.outbox) == 0, 20), "delivered once the broker wakes"
         assert sink.problem is None and states[-1] == "connected"
         assert REGISTRY.mqtt_unacked_seconds.value() == 0.0
@@ -335,7 +335,7 @@ def test_a_broker_hung_before_connack_is_not_called_a_tls_listener(fresh_mosquit
                                                                     caplog):
     os.kill(fresh_mosquitto.proc.pid, signal.SIGSTOP)  # TCP still accepted by the kernel
     try:
-        with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+        with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
             sink = MqttSink(settings(fresh_mosquitto.port, keepalive_seconds=5))
             sinks.append(sink)
             sink.start(["siren"], "v1")
@@ -351,7 +351,7 @@ def test_a_tls_client_on_a_plain_port_is_told_so(fresh_mosquitto, sinks, caplog,
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=test-ca", "-keyout", str(tmp_path / "ca.key"), "-out", str(ca)],
                    check=True, capture_output=True)
-    with caplog.at_level(logging.WARNING, logger="detector.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         sink = MqttSink(settings(fresh_mosquitto.port, tls=True, ca_file=str(ca)))
         sinks.append(sink)
         sink.start(["siren"], "v1")

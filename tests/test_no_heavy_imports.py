@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("tensorflow", "keras", "librosa", "matplotlib", "numba", "tf2onnx", "scipy")
 # modules that are analysis/plotting front ends: they may import heavy packages lazily,
 # inside functions, but importing the module itself must still work
-RUNTIME_MODULES = sorted(p.stem for p in (REPO / "detector").glob("*.py")
-                         if p.stem not in ("__main__",))
+RUNTIME_MODULES = sorted(
+    ".".join(p.relative_to(REPO / "detector").with_suffix("").parts)
+    for p in (REPO / "detector").rglob("*.py") if p.stem not in ("__main__", "__init__"))
 
 SCRIPT = textwrap.dedent("""
     import importlib, importlib.abc, json, sys
@@ -37,7 +38,7 @@ SCRIPT = textwrap.dedent("""
         importlib.import_module("detector." + name)
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not heavy, heavy
-    from detector.cli import main
+    from detector.cli.main import main
     code = main(sys.argv[3:])
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not heavy, heavy
@@ -57,8 +58,8 @@ def test_runtime_imports_and_replay_without_heavy_packages(tmp_path):
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(e["type"], e["label"]) for e in events] == [("start", "siren"), ("end", "siren")]
     # the runtime modules that must exist
-    for name in ("config", "model", "events", "pipeline", "cli", "stdout_sink", "features",
-                 "metadata", "capture"):
+    for name in ("config", "model.classifier", "events", "pipeline", "cli.main",
+                 "publish.stdout", "audio.features", "model.metadata", "audio.capture"):
         assert name in RUNTIME_MODULES
 
 
@@ -68,8 +69,8 @@ def test_a_replay_loads_only_what_it_uses(tmp_path):
     server (paho itself brings http.client)."""
     model = make_band_model(tmp_path / "tiny.onnx")
     tone = write_tone_wav(tmp_path / "tone.wav", [(1.0, 2.5, 1000.0)], seconds=4.0)
-    script = ("import json, sys; from detector.cli import main; code = main(sys.argv[2:]); "
-              "sys.argv[1] == 'mqtt' and __import__('detector.mqtt'); "
+    script = ("import json, sys; from detector.cli.main import main; code = main(sys.argv[2:]); "
+              "sys.argv[1] == 'mqtt' and __import__('detector.publish.mqtt'); "
               "print(json.dumps(sorted(sys.modules))); sys.exit(code)")
     config = tmp_path / "c.toml"
     config.write_text("[mqtt]\nenabled = false\n")
@@ -80,6 +81,6 @@ def test_a_replay_loads_only_what_it_uses(tmp_path):
                                 capture_output=True, text=True, timeout=120, cwd=REPO)
         assert result.returncode == 0, result.stderr
         loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
-        assert "detector.mqtt" in loaded or mode == "plain"
+        assert "detector.publish.mqtt" in loaded or mode == "plain"
         found = {m for m in loaded if m in banned or m.split(".")[0] in banned}
         assert not found, (mode, sorted(found))

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from detector.notify import NotifySink
+from detector.publish.notify import NotifySink
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""detector.onnxfile reads what onnx reads (metadata, graph inputs), and the Classifier
+"""detector.model.onnxfile reads what onnx reads (metadata, graph inputs), and the Classifier
 builds its onnxruntime session once, already specialised to one window."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from detector.errors import ModelError
-from detector.model import Classifier, default_model_path
-from detector.onnxfile import read_header
+from detector.model.classifier import Classifier, default_model_path
+from detector.model.onnxfile import read_header
 from onnx_models import make_band_model
 
 onnx = pytest.importorskip("onnx")
@@ -92,7 +92,7 @@ def test_classifier_builds_one_session(tmp_path, monkeypatch):
 
 def test_unreadable_header_opens_the_file_as_it_is(tmp_path, monkeypatch):
     """If the header cannot be read this way the session is still opened (no overrides)."""
-    import detector.onnxfile as onnxfile
+    import detector.model.onnxfile as onnxfile
 
     def broken(path):
         raise ValueError("unsupported protobuf wire type 3")

@@ -9,8 +9,8 @@ import pytest
 
 from detector.config import Config, EventsConfig, ModelConfig, MqttConfig
 from detector.errors import ConfigError
-from detector.model import Classifier
-from detector.onset import OnsetDetector, OnsetSpans
+from detector.model.classifier import Classifier
+from detector.audio.onset import OnsetDetector, OnsetSpans
 from detector.pipeline import Pipeline
 from onnx_models import make_band_model, tone_signal
 from test_pipeline import ArraySource, Collector

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from detector.errors import ConfigError
-from detector.outbox import MemoryOutbox, SqliteOutbox, open_outbox
+from detector.publish.outbox import MemoryOutbox, SqliteOutbox, open_outbox
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -47,7 +47,7 @@ def test_fifo_order_and_fields(make_outbox):
 
 def test_full_outbox_drops_oldest_and_counts(make_outbox, caplog):
     box = make_outbox(max_messages=3)
-    with caplog.at_level(logging.WARNING, logger="detector.outbox"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.outbox"):
         for i in range(500):
             box.put("n/events" if i % 2 else "n/siren/state", str(i))
     assert box.dropped == 497 and box.lost == 497 and box.events_lost == 248
@@ -63,7 +63,7 @@ def test_full_outbox_drops_oldest_and_counts(make_outbox, caplog):
 
 
 def test_loss_report_is_one_line_per_interval():
-    from detector.outbox import LossReport
+    from detector.publish.outbox import LossReport
 
     now = [0.0]
     seen = []

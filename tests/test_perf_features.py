@@ -9,7 +9,7 @@ input dtypes, buffer growth and resets.
 import numpy as np
 import pytest
 
-from detector.features import FeatureParams, LogMel, StreamingLogMel
+from detector.audio.features import FeatureParams, LogMel, StreamingLogMel
 
 PARAMS = FeatureParams()
 

@@ -6,7 +6,7 @@ The scores must stay bit-identical to a session opened without the override.
 import numpy as np
 import pytest
 
-from detector.model import Classifier, _session_options, default_model_path
+from detector.model.classifier import Classifier, _session_options, default_model_path
 from onnx_models import make_band_model
 
 
@@ -78,7 +78,7 @@ def test_normalised_model_through_bound_buffers(tmp_path):
 
 
 def test_refused_override_falls_back_to_the_plain_session(tmp_path, monkeypatch):
-    import detector.model as model
+    import detector.model.classifier as model
 
     real = model._session_options
     calls = []

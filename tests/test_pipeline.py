@@ -10,12 +10,12 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from detector.capture import AudioSource, FileSource
+from detector.audio.capture import AudioSource, FileSource
 from detector.config import Config, EventsConfig, ModelConfig, MqttConfig
-from detector.model import Classifier
+from detector.model.classifier import Classifier
 from detector.pipeline import Pipeline, build_sinks, dbfs
-from detector.sink import Sink
-from detector.stdout_sink import StdoutSink
+from detector.publish.sink import Sink
+from detector.publish.stdout import StdoutSink
 from onnx_models import make_band_model, tone_signal, write_tone_wav
 
 SR = 16000
@@ -391,7 +391,7 @@ def test_stdout_sink_survives_a_closed_reader(caplog):
             pass
 
     sink = StdoutSink(Closed())
-    with caplog.at_level(logging.WARNING, logger="detector.stdout_sink"):
+    with caplog.at_level(logging.WARNING, logger="detector.publish.stdout"):
         for _ in range(3):
             sink.event({"type": "start"})
     assert Closed.writes == 1 and sink.closed_by_reader
@@ -402,7 +402,7 @@ def test_stdout_sink_survives_a_closed_reader(caplog):
 def test_scores_view_top_k(tty):
     import io
 
-    from detector.stdout_sink import ScoresView
+    from detector.publish.stdout import ScoresView
 
     class Stream(io.StringIO):
         def isatty(self):
@@ -423,7 +423,7 @@ def test_scores_view_starts_each_line_with_the_clock_time_live():
     import io
     import time as _time
 
-    from detector.stdout_sink import ScoresView
+    from detector.publish.stdout import ScoresView
 
     stream = io.StringIO()
     view = ScoresView(stream=stream)
@@ -438,7 +438,7 @@ def test_scores_view_starts_each_line_with_the_clock_time_live():
 def test_scores_view_stamps_replay_windows_with_their_position_in_the_file():
     import io
 
-    from detector.stdout_sink import ScoresView
+    from detector.publish.stdout import ScoresView
 
     stream = io.StringIO()
     view = ScoresView(stream=stream, sample_rate=16000)

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from detector import plotting  # noqa: E402
+from detector.cli import plotting  # noqa: E402
 from detector.errors import DetectorError  # noqa: E402
 
 LABELS = ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
@@ -97,7 +97,7 @@ def test_plot_scores_rejects_mismatched_shapes(tmp_path):
 
 def test_plot_scores_without_matplotlib_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None; sys.modules['matplotlib.figure'] = None\n"
-            "from detector.plotting import plot_scores\n"
+            "from detector.cli.plotting import plot_scores\n"
             "from detector.errors import DetectorError\n"
             "try:\n    plot_scores([0.0], [[0.5]], ['a'], [], 'x.png')\n"
             "except DetectorError as e:\n    print(e)\n")

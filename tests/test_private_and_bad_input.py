@@ -53,7 +53,7 @@ def model(tmp_path_factory):
 # -- private files -------------------------------------------------------------------
 
 def test_sqlite_outbox_is_private_under_umask_022(tmp_path, umask_022):
-    from detector.outbox import SqliteOutbox
+    from detector.publish.outbox import SqliteOutbox
 
     path = tmp_path / "state" / "deep" / "outbox.sqlite"
     box = SqliteOutbox(path, 10)
@@ -68,7 +68,7 @@ def test_sqlite_outbox_is_private_under_umask_022(tmp_path, umask_022):
 
 
 def test_an_existing_readable_outbox_is_tightened(tmp_path, umask_022):
-    from detector.outbox import SqliteOutbox
+    from detector.publish.outbox import SqliteOutbox
 
     path = tmp_path / "outbox.sqlite"
     SqliteOutbox(path, 10).close()
@@ -78,7 +78,7 @@ def test_an_existing_readable_outbox_is_tightened(tmp_path, umask_022):
 
 
 def test_clips_are_private_under_umask_022(tmp_path, umask_022):
-    from detector.clips import ClipSink
+    from detector.publish.clips import ClipSink
     from detector.config import ClipsConfig
     from detector.events import iso_utc
 
@@ -175,7 +175,7 @@ def test_bad_audio_headers_and_devices_are_one_line(tmp_path, model):
 
 
 def test_file_audio_comes_in_bounded_blocks_at_any_accepted_rate(tmp_path):
-    from detector.capture import FILE_RATE_RANGE, MAX_BLOCK_SECONDS, FileSource
+    from detector.audio.capture import FILE_RATE_RANGE, MAX_BLOCK_SECONDS, FileSource
 
     import soundfile as sf
 
@@ -196,9 +196,9 @@ def test_file_audio_comes_in_bounded_blocks_at_any_accepted_rate(tmp_path):
 
 
 def test_world_writable_directories_are_tightened_or_warned(tmp_path, caplog):
-    from detector.clips import ClipSink
+    from detector.publish.clips import ClipSink
     from detector.config import ClipsConfig
-    from detector.outbox import SqliteOutbox
+    from detector.publish.outbox import SqliteOutbox
 
     state = tmp_path / "state"
     state.mkdir()

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import detector.capture as capture
-from detector.capture import DEMO_CLIP, FileSource
+import detector.audio.capture as capture
+from detector.audio.capture import DEMO_CLIP, FileSource
 from detector.config import Config, MqttConfig
-from detector.model import Classifier
+from detector.model.classifier import Classifier
 from detector.pipeline import Pipeline
 
 RATE = 16000
@@ -105,7 +105,7 @@ def test_nan_in_a_large_read_is_reported_once_at_its_position(tmp_path, monkeypa
     runs = []
     for small in (False, True):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="detector.capture"):
+        with caplog.at_level(logging.WARNING, logger="detector.audio.capture"):
             runs.append(blocks(path, 0.05, monkeypatch, small))
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "first at 6.50 s" in warnings[0]
@@ -123,7 +123,7 @@ def test_damaged_flac_plays_every_block_before_the_damage(tmp_path, monkeypatch,
     runs, messages = [], []
     for small in (False, True):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="detector.capture"):
+        with caplog.at_level(logging.WARNING, logger="detector.audio.capture"):
             runs.append(blocks(cut, block_seconds, monkeypatch, small))
         messages.append([r.getMessage() for r in caplog.records if r.levelno == logging.WARNING])
     assert_same_blocks(*runs)

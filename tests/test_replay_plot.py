@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector import cli
-from detector.capture import FileSource
+from detector.cli import main as cli
+from detector.audio.capture import FileSource
 from detector.config import config_from_dict, load_config
-from detector.model import Classifier
+from detector.model.classifier import Classifier
 from detector.pipeline import Pipeline
 from onnx_models import make_band_model, write_tone_wav
 
@@ -67,7 +67,7 @@ def test_shipped_model_gunshot_raw_above_threshold_smoothed_below(shared_data):
 
 def test_plot_title_counts_the_events(tmp_path):
     pytest.importorskip("matplotlib")
-    from detector.plotting import plot_scores
+    from detector.cli.plotting import plot_scores
 
     model = make_band_model(tmp_path / "band.onnx")
     audio = write_tone_wav(tmp_path / "t.wav", [(1.0, 2.5, 1000.0)], seconds=4.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.resample import StreamResampler, resample
+from detector.audio.resample import StreamResampler, resample
 
 
 def stream(x: np.ndarray, in_rate: int, out_rate: int, sizes) -> np.ndarray:

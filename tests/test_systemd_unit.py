@@ -208,7 +208,7 @@ def test_install_and_uninstall_into_a_staging_root(source_copy, tmp_path, mosqui
     # uninstall removes the node from the broker (Home Assistant device, retained topics)
     conf.write_text(conf.read_text().replace('host = "edited.lan"', 'host = "127.0.0.1"')
                     .replace("port = 1884", f"port = {mosquitto.port}"))
-    from detector.homeassistant import discovery_messages
+    from detector.publish.homeassistant import discovery_messages
     from mqtt_helpers import retained_all
     import paho.mqtt.client as paho
 

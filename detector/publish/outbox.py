@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError
-from .private import private_dir, private_file
+from detector.errors import ConfigError
+from detector.private import private_dir, private_file
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import ConfigError, ModelError
-from .features import FEATURE_KINDS, FeatureParams, MnParams
+from detector.errors import ConfigError, ModelError
+from detector.audio.features import FEATURE_KINDS, FeatureParams, MnParams
 
 REQUIRED_KEYS = (
     "labels", "sample_rate", "n_fft", "hop_length", "win_length", "n_mels",
@@ -26,7 +26,7 @@ OPTIONAL_KEYS = ("input_layout", "thresholds", "background_labels", "window_hop_
                  "stream_chunk_frames", "state_inputs", "state_outputs",
                  "audioset_output", "gate")
 GATE_KEYS = ("support", "top_k", "floor", "context_seconds", "max_wait_seconds")
-"""Keys of one label's entry in the ``gate`` metadata (see :mod:`detector.gate`)."""
+"""Keys of one label's entry in the ``gate`` metadata (see :mod:`detector.model.gate`)."""
 SUPPORTED_FEATURES = FEATURE_KINDS
 SUPPORTED_LAYOUTS = ("NTMC",)  # [batch, frames, n_mels, 1]
 AUDIOSET_CLASSES = 527
@@ -125,7 +125,7 @@ class ModelMetadata:
     ``mn_logmel`` (the EfficientAT front end's equivalent, see ``feature_params``)."""
     feature_params: MnParams | None = None
     """Parameters of the ``mn_logmel`` front end (metadata key ``feature_params``, a
-    JSON object with every :class:`~detector.features.MnParams` field); None for
+    JSON object with every :class:`~detector.audio.features.MnParams` field); None for
     ``logmel_db``, whose parameters are the top-level keys alone."""
     normalization: Mapping[str, float] | None = None
     """``{"mean": m, "std": s}`` applied as ``(x - m) / s`` before the model, or None."""
@@ -143,7 +143,7 @@ class ModelMetadata:
     embedding_dim: int | None = None
     """Width of the embedding output (required with ``embedding_output``)."""
     stream_chunk_frames: int | None = None
-    """A *streaming* model (:mod:`detector.streaming`): its ``features`` input takes only
+    """A *streaming* model (:mod:`detector.model.streaming`): its ``features`` input takes only
     the newest ``stream_chunk_frames`` columns, once per hop (the hop is the chunk), and
     the model carries a state from hop to hop. None: a whole-window model."""
     state_inputs: tuple[str, ...] = ()
@@ -156,7 +156,7 @@ class ModelMetadata:
     for the window, in the order of ``detector/data/audioset_classes.json`` (the gate's
     evidence), or None."""
     gate: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    """The gate (:mod:`detector.gate`) per label: ``{"support": [AudioSet class indices],
+    """The gate (:mod:`detector.model.gate`) per label: ``{"support": [AudioSet class indices],
     "top_k": k, "floor": p, "context_seconds": C, "max_wait_seconds": W}``; a label
     without an entry is not gated. Needs :attr:`audioset_output`."""
 

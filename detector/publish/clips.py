@@ -32,10 +32,10 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import ConfigError
-from .private import private_dir, private_file
-from .ratelimit import RateLimitedLog
-from .sink import Sink
+from detector.errors import ConfigError
+from detector.private import private_dir, private_file
+from detector.ratelimit import RateLimitedLog
+from detector.publish.sink import Sink
 
 logger = logging.getLogger(__name__)
 

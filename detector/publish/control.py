@@ -18,7 +18,7 @@ import json
 import math
 from typing import Any, Iterable
 
-from .errors import ConfigError
+from detector.errors import ConfigError
 
 MAX_PAYLOAD_BYTES = 4096
 """Larger payloads are refused before they are parsed."""

@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 
-from .errors import DetectorError
-from .homeassistant import is_own_config, node_config_filter
+from detector.errors import DetectorError
+from detector.publish.homeassistant import is_own_config, node_config_filter
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class BrokerUnavailable(DetectorError):
 def remove_node(settings, node_id: str | None = None,
                 collect_seconds: float = COLLECT_SECONDS) -> dict[str, int]:
     """Clear the node's retained discovery and topics; ``{"discovery": n, "topics": m}``."""
-    from .mqtt import MqttSink  # the same client set-up (TLS, user, password) as the daemon
+    from detector.publish.mqtt import MqttSink  # the same client set-up (TLS, user, password) as the daemon
 
     node = node_id or settings.node_id or getattr(settings, "resolved_node_id", None)
     if not node:

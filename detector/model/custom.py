@@ -12,7 +12,7 @@ threshold comes from held-out scores (:func:`calibrate`).
 Each head is one ``<label>.npz`` in the custom directory: ``weights`` float32
 ``[embedding_dim]``, ``bias`` and a JSON ``meta`` (label, model version,
 embedding width, threshold, what the enrolment measured). The daemon loads
-them all (:func:`load_custom_dir`) and :meth:`detector.model.Classifier.attach_custom`
+them all (:func:`load_custom_dir`) and :meth:`detector.model.classifier.Classifier.attach_custom`
 appends their scores to the model's, so they are labels like any other. A head
 made for another model version (or embedding width) is refused in one line.
 """
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .capture import AudioSource
-from .errors import AudioError, ConfigError, ModelError
+from detector.audio.capture import AudioSource
+from detector.errors import AudioError, ConfigError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import Config
-    from .metadata import ModelMetadata
-    from .model import Classifier
+    from detector.config import Config
+    from detector.model.metadata import ModelMetadata
+    from detector.model.classifier import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class ArraySource(AudioSource):
 
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """A whole file as mono float32 at ``sample_rate``, read like ``replay`` reads it."""
-    from .capture import FileSource
+    from detector.audio.capture import FileSource
 
     source = FileSource(path, sample_rate, block_seconds=1.0)
     blocks = []
@@ -355,8 +355,8 @@ def embed_samples(classifier: "Classifier", samples: np.ndarray, config: "Config
     carry over to a room (model 0.3.0, ESC-50 door knocks: held out and streamed
     in -60 dBFS noise, 0/3 fired a head learned in digital silence, 3/3 with it).
     """
-    from .config import Config
-    from .pipeline import Pipeline
+    from detector.config import Config
+    from detector.pipeline import Pipeline
 
     if classifier.embedding_name is None:
         raise ModelError(f"model {classifier.path.name} "
@@ -707,7 +707,7 @@ def _advice(clips: Sequence[ClipWindows], used: Sequence[int]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- AudioSet evidence
-from .audioset import (CONTEXT_SECONDS as GATE_CONTEXT_SECONDS,  # noqa: E402
+from detector.model.audioset import (CONTEXT_SECONDS as GATE_CONTEXT_SECONDS,  # noqa: E402
                        FLOOR as GATE_FLOOR, MAX_WAIT_SECONDS as GATE_MAX_WAIT_SECONDS,
                        TOP_K as GATE_TOP_K)
 
@@ -736,13 +736,13 @@ WARN_CLASSES = ("Silence", "Speech", "Noise", "White noise", "Pink noise",
 
 
 def _class_index() -> dict[str, int]:
-    from .gate import audioset_classes
+    from detector.model.gate import audioset_classes
 
     return {name: i for i, name in enumerate(audioset_classes())}
 
 
 def support_names(support: Sequence[int]) -> list[str]:
-    from .gate import audioset_classes
+    from detector.model.gate import audioset_classes
 
     names = audioset_classes()
     return [names[i] for i in support]
@@ -758,7 +758,7 @@ def take_profile(clip: ClipWindows, gate_dbfs: float) -> np.ndarray:
 
 def uninformative_take(name: str, profile: np.ndarray) -> str | None:
     """A warning when the take's AudioSet profile is mostly silence, speech or noise."""
-    from .gate import audioset_classes
+    from detector.model.gate import audioset_classes
 
     top = int(np.argmax(profile))
     if audioset_classes()[top] in WARN_CLASSES:
@@ -810,7 +810,7 @@ def clip_passes(clip: ClipWindows, scores: np.ndarray, threshold: float, smoothi
     """Whether the take, scored ``scores`` per window, fires with the rule: a window whose
     smoothed score reaches ``threshold`` and, within ``wait_windows`` after it, the
     evidence pooled over ``context_windows`` ranks a support class as the rule says."""
-    from .gate import GateRule, supporting
+    from detector.model.gate import GateRule, supporting
 
     g = GateRule(tuple(rule["support"]), rule["top_k"], rule["floor"])
     k = max(1, smoothing)
@@ -827,7 +827,7 @@ def background_gated_share(window_scores: np.ndarray, files: np.ndarray, probs: 
                            threshold: float, rule: dict) -> float:
     """Share of background files with a window above ``threshold`` (held-out scores) whose
     own AudioSet evidence passes the rule."""
-    from .gate import GateRule, supporting
+    from detector.model.gate import GateRule, supporting
 
     g = GateRule(tuple(rule["support"]), rule["top_k"], rule["floor"])
     files = np.asarray(files)
@@ -841,7 +841,7 @@ def background_gated_share(window_scores: np.ndarray, files: np.ndarray, probs: 
 # --------------------------------------------------------------------------- background set
 def shipped_background_path(model_version: str) -> Path:
     """``detector/models/background-<model_version>.npz``: negatives of the shipped model."""
-    return Path(__file__).resolve().parent / "models" / f"background-{model_version}.npz"
+    return Path(__file__).resolve().parents[1] / "models" / f"background-{model_version}.npz"
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import DetectorError
+from detector.errors import DetectorError
 
 logger = logging.getLogger(__name__)
 

@@ -247,7 +247,7 @@ def audioset_classes() -> tuple[str, ...]:
         import json
         from pathlib import Path
 
-        path = Path(__file__).resolve().parent / "data" / "audioset_classes.json"
+        path = Path(__file__).resolve().parents[1] / "data" / "audioset_classes.json"
         with open(path, encoding="utf-8") as fh:
             _CLASSES = tuple(json.load(fh))
     return _CLASSES

@@ -3,7 +3,7 @@
 ``enroll LABEL FILE...`` reads the clips (files or folders, anything ``replay``
 reads) or records takes from the configured microphone (``--record SECONDS``),
 runs them through the daemon's own pipeline for their embeddings, fits a custom
-head (:mod:`detector.custom`) against the background set, prints what to
+head (:mod:`detector.model.custom`) against the background set, prints what to
 expect, and saves ``<custom dir>/<label>.npz``. numpy only.
 """
 
@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import custom
-from .errors import AudioError, ConfigError, ModelError
+from detector.model import custom
+from detector.errors import AudioError, ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def record_takes(config, seconds: float, takes: int, out_dir: Path, label: str,
     take holds only the audio after its "make the sound now" prompt."""
     import soundfile as sf
 
-    from .capture import MicSource
+    from detector.audio.capture import MicSource
 
     if not 0.5 <= seconds <= 120:
         raise ConfigError(f"--record {seconds:g} must be 0.5..120 seconds")

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import AudioError, ConfigError, DetectorError
+from detector.errors import AudioError, ConfigError, DetectorError
 
 logger = logging.getLogger(__name__)
 
@@ -536,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m detector.analysis`` (the same as ``sound-detector analyze``)."""
+    """``python -m detector.cli.analysis`` (the same as ``sound-detector analyze``)."""
     import sys
 
     parser = argparse.ArgumentParser(prog="sound-detector analyze",

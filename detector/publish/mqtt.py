@@ -34,16 +34,16 @@ from typing import Callable, Mapping, Sequence
 
 import paho.mqtt.client as paho
 
-from . import __version__
-from .control import parse_control
-from .errors import ConfigError, DetectorError
-from .events import iso_utc
-from .homeassistant import (discovery_messages, event_entity_payload, is_own_config,
+from detector import __version__
+from detector.publish.control import parse_control
+from detector.errors import ConfigError, DetectorError
+from detector.events import iso_utc
+from detector.publish.homeassistant import (discovery_messages, event_entity_payload, is_own_config,
                             node_config_filter, topic_names, topic_safe)
-from .metrics import REGISTRY
-from .outbox import open_outbox
-from .ratelimit import RateLimitedLog
-from .sink import Sink
+from detector.publish.metrics import REGISTRY
+from detector.publish.outbox import open_outbox
+from detector.ratelimit import RateLimitedLog
+from detector.publish.sink import Sink
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ classes into labels like the model's own: the event label is the name's slug
 from the model's ``audioset`` output (the same network pass, no second model), and it
 is decided like a gated label: a candidate the event tracker starts on that score is
 published only when the class ranks among the top ``k`` of all 527 classes in the
-evidence pooled over the last seconds, with at least a floor (:mod:`detector.gate`). The
+evidence pooled over the last seconds, with at least a floor (:mod:`detector.model.gate`). The
 whole vocabulary is the background: "Knock" must beat "Door", "Tap" and everything else
 the sound could be.
 
@@ -26,8 +26,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
-from .gate import GateRule, audioset_classes
+from detector.errors import ConfigError
+from detector.model.gate import GateRule, audioset_classes
 
 THRESHOLD = 0.03
 """Default on-threshold of an AudioSet label's (smoothed) per-window probability: low, since

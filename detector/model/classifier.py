@@ -2,7 +2,7 @@
 
 :class:`Classifier` opens an onnxruntime session with one intra-op and one
 inter-op thread by default (steady latency on a 2-core Pi), reads the model
-metadata contract (:class:`~detector.metadata.ModelMetadata`) from the file's
+metadata contract (:class:`~detector.model.metadata.ModelMetadata`) from the file's
 custom metadata, checks the input/output shapes against it, and runs a warm-up
 window so a model that loads but cannot run fails at startup, not at the first
 sound. Every problem is a :class:`~detector.errors.ModelError` with one line.
@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, ModelError
-from .features import make_frontend
-from .metadata import ModelMetadata
-from .private import refuse_writable_by_others
+from detector.errors import ConfigError, ModelError
+from detector.audio.features import make_frontend
+from detector.model.metadata import ModelMetadata
+from detector.private import refuse_writable_by_others
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import Config
+    from detector.config import Config
 
 logger = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
 def default_model_path() -> Path:
@@ -82,7 +82,7 @@ def _symbolic_overrides(path: Path) -> dict[str, int]:
     """Values for the named symbolic dims of the model's one input ``[batch, frames,
     n_mels, 1]``: batch 1, the others what the metadata says. Empty when the file has
     none, or cannot be read this way (then onnxruntime and the checks report it)."""
-    from .onnxfile import read_header
+    from detector.model.onnxfile import read_header
 
     try:
         props, inputs = read_header(path)
@@ -131,7 +131,7 @@ class Classifier:
         meta = self.metadata
 
         self._stream = None
-        """The :class:`~detector.streaming.StreamStage` of a streaming model (else None)."""
+        """The :class:`~detector.model.streaming.StreamStage` of a streaming model (else None)."""
         if meta.is_streaming:
             self._open_streaming(where)
         else:
@@ -176,7 +176,7 @@ class Classifier:
         self._window_shape = (self.metadata.frames, self.metadata.features.n_mels)
 
     def _open_streaming(self, where: str) -> None:
-        from .streaming import StreamStage
+        from detector.model.streaming import StreamStage
 
         self._stream = StreamStage(self.session, self.metadata, where)
         self.input_name = self._stream.input_name
@@ -240,7 +240,7 @@ class Classifier:
         self.audioset_name: str | None = None
         """Name of the AudioSet-logits output (None: the model has none)."""
         if meta.audioset_output is not None:
-            from .metadata import AUDIOSET_CLASSES
+            from detector.model.metadata import AUDIOSET_CLASSES
 
             found = [o for o in outputs if o.name == meta.audioset_output]
             if not found:
@@ -274,7 +274,7 @@ class Classifier:
         (Shape/Gather/Cast/Concat chains that tf2onnx exports for a dynamic batch)
         into constants: same arithmetic on the data, bit-identical scores, fewer
         nodes per run (the shipped model: 53 -> 32). The dims' names and the window
-        come from the file itself (:mod:`detector.onnxfile`), so there is one session
+        come from the file itself (:mod:`detector.model.onnxfile`), so there is one session
         build, not one to ask and one with the overrides. A session the overrides
         cannot build is opened as the file is.
         """
@@ -308,7 +308,7 @@ class Classifier:
         allocation. Only when the session's output shapes are exactly those (a
         fixed batch, see :meth:`_open`); otherwise ``session.run`` is used.
         """
-        from .metadata import AUDIOSET_CLASSES
+        from detector.model.metadata import AUDIOSET_CLASSES
 
         wanted = {self.output_name: [1, self._n_labels]}
         if self.embedding_name:
@@ -336,7 +336,7 @@ class Classifier:
                 arrays.get(self.audioset_name))
 
     def attach_custom(self, heads) -> None:
-        """Score custom labels (:class:`detector.custom.CustomHeads`) on the embedding.
+        """Score custom labels (:class:`detector.model.custom.CustomHeads`) on the embedding.
 
         Their scores follow the model's in :meth:`predict`, and :attr:`metadata`
         lists them after the model's labels (with their calibrated thresholds),
@@ -359,7 +359,7 @@ class Classifier:
                                 gate={**meta.gate, **gates})
 
     def attach_audioset(self, labels) -> None:
-        """Score AudioSet classes (:class:`detector.audioset.AudioSetLabels`) as labels.
+        """Score AudioSet classes (:class:`detector.model.audioset.AudioSetLabels`) as labels.
 
         Their scores (the classes' probabilities from the ``audioset`` output of the same
         pass) follow the model's and the custom labels' in :meth:`predict`; :attr:`metadata`
@@ -368,7 +368,7 @@ class Classifier:
         """
         from dataclasses import replace
 
-        from . import audioset
+        from detector.model import audioset
 
         meta = self.metadata
         if self.audioset_name is None:

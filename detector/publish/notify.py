@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Callable, Mapping
 
-from .sink import Sink
+from detector.publish.sink import Sink
 
 logger = logging.getLogger(__name__)
 

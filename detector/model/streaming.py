@@ -1,7 +1,7 @@
 """The streaming-model stage: each log-mel column through the network once, state carried.
 
 A *streaming* model file (metadata ``stream_chunk_frames``, ``state_inputs``,
-``state_outputs``; see :class:`~detector.metadata.ModelMetadata`) is one *step* of a
+``state_outputs``; see :class:`~detector.model.metadata.ModelMetadata`) is one *step* of a
 stream: its ``features`` input is the newest ``[1, chunk, n_mels, 1]`` columns, its
 state inputs are what the previous step returned on the state outputs (zeros at the
 start of a stream), and it returns the scores of the stream so far and the chunk's
@@ -16,7 +16,7 @@ not seen yet); this stage keeps the state and the schedule:
 * the *window* embedding custom labels learn on is the mean of the chunk embeddings
   of the last ``window_seconds`` (the same span as a whole-window model's).
 
-The model-file contract of this kind lives here and in :mod:`detector.metadata`; a new
+The model-file contract of this kind lives here and in :mod:`detector.model.metadata`; a new
 model family is a new stage beside this one, not edits across the pipeline.
 """
 
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ModelError
+from detector.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .metadata import ModelMetadata
+    from detector.model.metadata import ModelMetadata
 
 
 def _static(shape) -> list[int] | None:

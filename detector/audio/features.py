@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .errors import ConfigError
+from detector.errors import ConfigError
 
 AMIN = 1e-10
 """Power floor before the logarithm: silence sits at 10*log10(AMIN) = -100 dB."""
@@ -512,7 +512,7 @@ class MnLogMel(FrontEnd):
 
 def make_frontend(meta) -> FrontEnd:
     """The front end a model was trained on, from its metadata (a
-    :class:`~detector.metadata.ModelMetadata` or anything with ``feature``,
+    :class:`~detector.model.metadata.ModelMetadata` or anything with ``feature``,
     ``features`` and ``feature_params``). Batch: ``fe(audio)``; streaming: ``fe.stream()``.
     """
     return build_frontend(meta.feature, meta.features, getattr(meta, "feature_params", None))

@@ -15,9 +15,9 @@ import threading
 import time
 from typing import Callable, Mapping, Sequence
 
-from .errors import ConfigError
-from .ratelimit import RateLimitedLog
-from .sink import Sink
+from detector.errors import ConfigError
+from detector.ratelimit import RateLimitedLog
+from detector.publish.sink import Sink
 
 logger = logging.getLogger(__name__)
 _error_log = RateLimitedLog(logger, 60.0, 5)

@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .errors import AudioError, ConfigError, DataLossError, DetectorError
-from .sink import Sink
+from detector import __version__
+from detector.errors import AudioError, ConfigError, DataLossError, DetectorError
+from detector.publish.sink import Sink
 
 logger = logging.getLogger("detector")
 PROG = "sound-detector"
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--search", metavar="WORD",
                         help="only labels and AudioSet names holding WORD (e.g. --search door)")
 
-    from .enrolment import add_enroll_arguments
+    from detector.cli.enrolment import add_enroll_arguments
 
     enroll = sub.add_parser("enroll", parents=[common, model_opts],
                             help="teach a custom label from a few clips of the sound "
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="plots and a feature table for audio files "
                              "(needs the [analysis] extra)")
     try:
-        from . import analysis
+        from detector.cli import analysis
     except Exception as exc:  # a broken optional module must not break the daemon
         analyze.set_defaults(analysis_error=str(exc))
         analyze.add_argument("rest", nargs=argparse.REMAINDER)
@@ -218,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace, custom: bool = True, runtime: bool = False):
     """Config and classifier; with ``custom`` the custom labels are attached; with
     ``runtime`` everything the daemon's outputs would refuse is checked first."""
-    from .checks import check_runtime
-    from .config import load_config
-    from .model import Classifier, check_against_model
+    from detector.checks import check_runtime
+    from detector.config import load_config
+    from detector.model.classifier import Classifier, check_against_model
 
     config = load_config(args.config)
     if runtime:
@@ -246,7 +246,7 @@ def _load(args: argparse.Namespace, custom: bool = True, runtime: bool = False):
 def _attach_audioset(config, classifier) -> None:
     """The ``events.audioset_labels`` as labels of the classifier (none: nothing)."""
     if config.events.audioset_labels:
-        from .audioset import AudioSetLabels
+        from detector.model.audioset import AudioSetLabels
 
         classifier.attach_audioset(AudioSetLabels(tuple(config.events.audioset_labels)))
 
@@ -255,7 +255,7 @@ def _attach_custom(args, config, classifier, service_fallback: bool = False) -> 
     """Attach the custom heads the daemon would load; returns their labels. With
     ``service_fallback`` (validate-config, run from a shell), the installed service's
     state directory stands in for $STATE_DIRECTORY."""
-    from .custom import load_custom_dir, resolve_custom_dir, service_custom_dir
+    from detector.model.custom import load_custom_dir, resolve_custom_dir, service_custom_dir
 
     directory, explicit = resolve_custom_dir(getattr(args, "custom", None), config)
     if directory is None and service_fallback:
@@ -319,8 +319,8 @@ class _RssProbe(Sink):
 
 def _build(config, classifier, source_factory, *, live: bool, stdout: bool | None,
            show_scores: bool, record: bool = False, extra_sinks=(), file_offsets: bool = False):
-    from .pipeline import Pipeline, build_sinks
-    from .stdout_sink import ScoresView
+    from detector.pipeline import Pipeline, build_sinks
+    from detector.publish.stdout import ScoresView
 
     holder: list = []
 
@@ -349,7 +349,7 @@ def _build(config, classifier, source_factory, *, live: bool, stdout: bool | Non
 
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
-    from .capture import MicSource
+    from detector.audio.capture import MicSource
 
     config, classifier = _load(args, runtime=True)
 
@@ -363,7 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .capture import DEMO_CLIP, FileSource
+    from detector.audio.capture import DEMO_CLIP, FileSource
 
     plot_scores = _plotter() if args.plot else None  # fail before a long replay, not after
     config, classifier = _load(args, runtime=True)
@@ -485,7 +485,7 @@ def _print_stats(pipeline, cpu_s: float, wall_s: float, rss_start_mb: float) -> 
 
 def _plotter():
     try:
-        from .plotting import plot_scores
+        from detector.cli.plotting import plot_scores
         import matplotlib  # noqa: F401  (plot_scores imports it lazily; check it now)
     except ImportError as exc:
         raise ConfigError(f"--plot needs the [analysis] extra ({exc}): "
@@ -524,22 +524,22 @@ def _plot(plot_scores, pipeline, classifier, out_png: str) -> None:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from .capture import format_devices
+    from detector.audio.capture import format_devices
 
     print(format_devices())
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from .config import example_config_text
+    from detector.config import example_config_text
 
     sys.stdout.write(example_config_text())
     return 0
 
 
 def cmd_homeassistant(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .ha_remove import remove_node
+    from detector.config import load_config
+    from detector.publish.ha_remove import remove_node
 
     config = load_config(args.config)
     if not args.debug:
@@ -553,14 +553,14 @@ def cmd_homeassistant(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .checks import check_runtime
-    from .config import load_config
+    from detector.checks import check_runtime
+    from detector.config import load_config
 
     config = load_config(args.path)
     check_runtime(config)  # the same checks as run and replay: they agree on every config
     detail = ""
     if not args.no_model:
-        from .model import Classifier, check_against_model
+        from detector.model.classifier import Classifier, check_against_model
 
         model_path = args.model or config.model.path
         if model_path is not None and args.model is None:
@@ -589,7 +589,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    from .audioset import label_rows
+    from detector.model.audioset import label_rows
 
     _, classifier = _load(args)
     meta = classifier.metadata
@@ -616,20 +616,20 @@ def cmd_labels(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     if getattr(args, "analysis_error", None):
         raise ConfigError(f"analyze is unavailable: {args.analysis_error}")
-    from . import analysis
+    from detector.cli import analysis
 
     return int(analysis.run(args) or 0)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from .enrolment import cmd_enroll as enroll
+    from detector.cli.enrolment import cmd_enroll as enroll
 
     return enroll(args, _load)
 
 
 def cmd_custom(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .enrolment import cmd_custom as custom
+    from detector.config import load_config
+    from detector.cli.enrolment import cmd_custom as custom
 
     return custom(args, lambda a: load_config(a.config))
 

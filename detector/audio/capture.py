@@ -37,18 +37,18 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .errors import AudioError, DeviceError
-from .resample import StreamResampler
+from detector.errors import AudioError, DeviceError
+from detector.audio.resample import StreamResampler
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import AudioConfig
+    from detector.config import AudioConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AudioSource", "MicSource", "FileSource", "list_devices", "format_devices",
            "DEMO_CLIP"]
 
-DEMO_CLIP = Path(__file__).resolve().parent / "data" / "demo.flac"
+DEMO_CLIP = Path(__file__).resolve().parents[1] / "data" / "demo.flac"
 """Bundled synthetic demo scene (street noise, siren, car horn); see scripts/make_demo_clip.py."""
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import IO, Mapping, Sequence
 
-from .sink import Sink
+from detector.publish.sink import Sink
 
 logger = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ def topic_names(labels: Iterable[str]) -> dict[str, str]:
 
 
 def _title(label: str) -> str:
-    from .audioset import display_name
+    from detector.model.audioset import display_name
 
     name = display_name(str(label))  # an AudioSet label: its AudioSet name
     if name is not None:

@@ -1,0 +1,1 @@
+"""Audio in: capture, resampling, the front end (log-mel), onsets."""

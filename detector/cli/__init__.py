@@ -1,0 +1,1 @@
+"""The command line: commands, enrolment of custom labels, analysis and plots."""
