@@ -58,7 +58,8 @@ sys.path.insert(0, str(REPO))
 from bench._common import machine, run_line, save  # noqa: E402
 from detector.model import audioset  # noqa: E402
 from detector.config import Config  # noqa: E402
-from detector.model.custom import ArraySource, read_audio  # noqa: E402
+from detector.model.custom import read_audio  # noqa: E402
+from detector.cli.custom_fit import ArraySource
 from detector.events import EventTracker  # noqa: E402
 from detector.model.gate import EventGate, GateRule, audioset_classes, supporting  # noqa: E402
 from detector.model.classifier import Classifier, default_model_path  # noqa: E402

@@ -4,7 +4,7 @@ kind, other everyday kinds firing a custom label.
     python bench/custom_gate.py [--model M.onnx] [--tag NAME] [--clips 4]
 
 Real audio from ../shared/data. Four custom labels enrolled as a user would
-(``custom.embed_clip`` + ``custom.enroll``, what ``sound-detector enroll`` runs) from
+(``custom_fit.embed_clip`` + ``custom_fit.enroll``, what ``sound-detector enroll`` runs) from
 ``--clips`` takes each: ``knock`` from ESC-50 door knocks, ``phone``, ``keys`` and
 ``cough`` from DCASE 2016 office clips of their kind at +6 dB event-to-background (takes
 recorded close to the sound, as a user would). The background set is made
@@ -40,8 +40,10 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import machine, run_line, save  # noqa: E402
 from detector.model import custom  # noqa: E402
+from detector.cli import custom_fit
 from detector.config import Config  # noqa: E402
-from detector.model.custom import ArraySource, read_audio  # noqa: E402
+from detector.model.custom import read_audio  # noqa: E402
+from detector.cli.custom_fit import ArraySource
 from detector.model.classifier import Classifier, default_model_path  # noqa: E402
 from detector.pipeline import Pipeline  # noqa: E402
 from detector.publish.sink import Sink  # noqa: E402
@@ -96,14 +98,14 @@ def main(argv=None) -> int:
     parser.add_argument("--background-cache", metavar="NPZ",
                         help="load the background set from NPZ if it exists, else build and "
                         "save it there (it takes most of the run)")
-    parser.add_argument("--top-k", type=int, default=custom.GATE_TOP_K,
+    parser.add_argument("--top-k", type=int, default=custom_fit.GATE_TOP_K,
                         help="the custom labels' rank (default: the package's)")
-    parser.add_argument("--floor", type=float, default=custom.GATE_FLOOR)
-    parser.add_argument("--context", type=float, default=custom.GATE_CONTEXT_SECONDS)
-    parser.add_argument("--wait", type=float, default=custom.GATE_MAX_WAIT_SECONDS)
+    parser.add_argument("--floor", type=float, default=custom_fit.GATE_FLOOR)
+    parser.add_argument("--context", type=float, default=custom_fit.GATE_CONTEXT_SECONDS)
+    parser.add_argument("--wait", type=float, default=custom_fit.GATE_MAX_WAIT_SECONDS)
     args = parser.parse_args(argv)
-    custom.GATE_TOP_K, custom.GATE_FLOOR = args.top_k, args.floor
-    custom.GATE_CONTEXT_SECONDS, custom.GATE_MAX_WAIT_SECONDS = args.context, args.wait
+    custom_fit.GATE_TOP_K, custom_fit.GATE_FLOOR = args.top_k, args.floor
+    custom_fit.GATE_CONTEXT_SECONDS, custom_fit.GATE_MAX_WAIT_SECONDS = args.context, args.wait
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("detector.pipeline").setLevel(logging.WARNING)
     command = "python bench/custom_gate.py " + " ".join(  # file names only, no local paths
@@ -120,9 +122,9 @@ def main(argv=None) -> int:
     files = background_files(DATA, ("esc50", "casual"), ["door_wood_knock"])
     cache = Path(args.background_cache) if args.background_cache else None
     if cache is not None and cache.is_file():
-        background = custom.BackgroundSet.load(cache)
+        background = custom_fit.BackgroundSet.load(cache)
     else:
-        background = build(model, files, progress=False, min_floor_dbfs=custom.ROOM_FLOOR_DBFS)
+        background = build(model, files, progress=False, min_floor_dbfs=custom_fit.ROOM_FLOOR_DBFS)
         if cache is not None:
             background.save(cache)
     logging.info("background: %d windows, %d files (%.0f s CPU)",
@@ -138,21 +140,21 @@ def main(argv=None) -> int:
         pools[kind] = by_kind[kind][:args.clips]
     heads, enrol_rows = [], {}
     hop = config.model.window_hop_seconds or meta.window_hop_seconds or 0.25
-    context = max(1, 1 + int(round((custom.GATE_CONTEXT_SECONDS - meta.window_seconds) / hop)))
+    context = max(1, 1 + int(round((custom_fit.GATE_CONTEXT_SECONDS - meta.window_seconds) / hop)))
     rate = meta.features.sample_rate
     for label, paths in pools.items():
-        clips = [custom.embed_clip(classifier, read_audio(p, rate), config, name=p.name, seed=k)
+        clips = [custom_fit.embed_clip(classifier, read_audio(p, rate), config, name=p.name, seed=k)
                  for k, p in enumerate(paths)]
-        res = custom.enroll(label, clips, background.embeddings, background.files,
+        res = custom_fit.enroll(label, clips, background.embeddings, background.files,
                             meta.model_version, config.events.gate_dbfs,
                             config.events.smoothing_windows,
                             background_groups=background.groups(),
                             background_audioset=background.audioset, context_windows=context,
-                            wait_windows=int(round(custom.GATE_MAX_WAIT_SECONDS / hop)))
+                            wait_windows=int(round(custom_fit.GATE_MAX_WAIT_SECONDS / hop)))
         heads.append(res.head)
         enrol_rows[label] = {
             "clips": [p.name for p in paths], "threshold": round(res.head.threshold, 3),
-            "support": custom.support_names(res.gate["support"]) if res.gate else [],
+            "support": custom_fit.support_names(res.gate["support"]) if res.gate else [],
             "estimated_recall": res.recall, "estimated_false_alarms": res.false_alarms,
             "estimated_recall_gated": res.gated_recall,
             "estimated_false_alarms_gated": res.gated_false_alarms, "warnings": res.warnings}
@@ -209,9 +211,9 @@ def main(argv=None) -> int:
         "other_clips_firing_with_gate": round(len(neg_pub) / n_neg, 4),
         "other_clips_by_kind": by_kind_neg, "fired_without_gate": neg_cand,
         "fired_with_gate": neg_pub, "judge_cpu_s": round(judge_cpu, 1),
-        "gate_defaults": {"top_k": custom.GATE_TOP_K, "floor": custom.GATE_FLOOR,
-                          "context_seconds": custom.GATE_CONTEXT_SECONDS,
-                          "max_wait_seconds": custom.GATE_MAX_WAIT_SECONDS},
+        "gate_defaults": {"top_k": custom_fit.GATE_TOP_K, "floor": custom_fit.GATE_FLOOR,
+                          "context_seconds": custom_fit.GATE_CONTEXT_SECONDS,
+                          "max_wait_seconds": custom_fit.GATE_MAX_WAIT_SECONDS},
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
     }
     tag = args.tag or meta.model_version

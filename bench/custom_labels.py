@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from bench._common import machine  # noqa: E402
 from detector.model import custom  # noqa: E402
+from detector.cli import custom_fit
 from detector.config import Config  # noqa: E402
 from detector.model.classifier import Classifier, default_model_path  # noqa: E402
 from export import custom_eval  # noqa: E402
@@ -60,14 +61,14 @@ RESULTS = REPO / "bench" / "results"
 def stream_windows(classifier, path, seed, config):
     """The windows the daemon sees when ``path`` plays after 3 s of -60 dBFS noise."""
     rate = classifier.model_metadata.features.sample_rate
-    clip = custom.read_audio(path, rate)
+    clip = custom_fit.read_audio(path, rate)
     rng = np.random.default_rng(seed)
     lead = int(custom_eval.LEAD_SECONDS * rate)
     tail = int(custom_eval.TAIL_SECONDS * rate)
     stream = (rng.standard_normal(lead + clip.size + tail)
               * 10 ** (custom_eval.NOISE_DBFS / 20)).astype(np.float32)
     stream[lead:lead + clip.size] += clip
-    return custom.embed_samples(classifier, np.clip(stream, -1, 1), config, name=path.name,
+    return custom_fit.embed_samples(classifier, np.clip(stream, -1, 1), config, name=path.name,
                                 pad_seconds=0.0, min_floor_dbfs=None, onset_windows=True)
 
 
@@ -75,15 +76,15 @@ def fires(head: custom.CustomHead, win, gate: float, smoothing: int) -> bool:
     scores = custom.CustomHeads([head]).scores
     s = np.array([scores(e)[0] for e in win.embeddings]) if len(win.embeddings) else np.zeros(0)
     s = np.where(win.levels >= gate, s, 0.0)
-    return custom.smoothed_max(s, smoothing) >= head.threshold
+    return custom_fit.smoothed_max(s, smoothing) >= head.threshold
 
 
 def enrol(classifier, label, paths, background, config, seed):
     t0 = time.process_time()
     rate = classifier.model_metadata.features.sample_rate
-    clips = [custom.embed_clip(classifier, custom.read_audio(p, rate), config, name=p.name,
+    clips = [custom_fit.embed_clip(classifier, custom_fit.read_audio(p, rate), config, name=p.name,
                                seed=seed * 100 + k) for k, p in enumerate(paths)]
-    result = custom.enroll(label, clips, background.embeddings, background.files,
+    result = custom_fit.enroll(label, clips, background.embeddings, background.files,
                            classifier.model_metadata.model_version, config.events.gate_dbfs,
                            config.events.smoothing_windows, background_groups=background.groups())
     return result, time.process_time() - t0
@@ -100,7 +101,7 @@ def with_room(background, room, gate):
         files.append(np.full(int(keep.sum()), next_id + k))
     origins = (np.arange(len(background.kinds)) if background.origins is None
                else background.origins)
-    return custom.BackgroundSet(np.vstack(embeddings), np.concatenate(files),
+    return custom_fit.BackgroundSet(np.vstack(embeddings), np.concatenate(files),
                                 background.kinds + ["room"] * len(room),
                                 background.model_version,
                                 np.concatenate((origins, next_id + np.arange(len(room)))))
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
 
     t0 = time.process_time()
     files = background_files(data, ("esc50", "casual"), ["door_wood_knock"])
-    background = build(model, files, progress=False, min_floor_dbfs=custom.ROOM_FLOOR_DBFS)
+    background = build(model, files, progress=False, min_floor_dbfs=custom_fit.ROOM_FLOOR_DBFS)
     background_cpu = time.process_time() - t0
     logging.info("background: %d windows from %d files (%.0f s CPU)",
                  background.embeddings.shape[0], len(files), background_cpu)
@@ -250,9 +251,9 @@ def main(argv=None) -> int:
            "background": {"windows": int(background.embeddings.shape[0]), "files": len(files),
                           "sources": "ESC-50 (no door_wood_knock) + SESA casual",
                           "cpu_s": background_cpu},
-           "policy": {"floor": custom.FLOOR, "budget": custom.FALSE_ALARM_BUDGET,
-                      "margin": custom.MARGIN, "l2": custom.L2,
-                      "room_floor_dbfs": custom.ROOM_FLOOR_DBFS}}
+           "policy": {"floor": custom_fit.FLOOR, "budget": custom_fit.FALSE_ALARM_BUDGET,
+                      "margin": custom_fit.MARGIN, "l2": custom_fit.L2,
+                      "room_floor_dbfs": custom_fit.ROOM_FLOOR_DBFS}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = RESULTS / f"custom_labels_{tag}"
     base.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")

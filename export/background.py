@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.model.custom import BACKGROUND_FARTHER_DB, ROOM_FLOOR_DBFS
+from detector.cli.custom_fit import BACKGROUND_FARTHER_DB, ROOM_FLOOR_DBFS
 from detector.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -64,11 +64,11 @@ def background_files(data: Path, sources=SOURCES, skip_kinds=()) -> list[tuple[P
 def build(model: str | Path, files: list[tuple[Path, str]], per_file: int = WINDOWS_PER_FILE,
           progress: bool = True, min_floor_dbfs: float | None = None,
           farther_db: tuple[float, ...] = BACKGROUND_FARTHER_DB):
-    """The :class:`detector.model.custom.BackgroundSet` of ``files`` through ``model``: each
+    """The :class:`detector.cli.custom_fit.BackgroundSet` of ``files`` through ``model``: each
     file as it is and ``farther_db`` quieter (a copy is a file of its own, of the same
     kind, with the original as its origin)."""
     from detector.config import Config
-    from detector.model.custom import BackgroundSet, embed_samples, read_audio, spread
+    from detector.cli.custom_fit import BackgroundSet, embed_samples, read_audio, spread
     from detector.model.classifier import Classifier
 
     classifier = Classifier(model)
@@ -127,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detector.model.custom import shipped_background_path
+    from detector.cli.custom_fit import shipped_background_path
 
     if args.windows_per_file < 1:
         raise ConfigError(f"--windows-per-file {args.windows_per_file} must be >= 1")

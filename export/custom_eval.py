@@ -37,7 +37,7 @@ def fired_labels(classifier, path: str | Path, config=None, seed: int = 0,
                  noise_dbfs: float = NOISE_DBFS) -> list[str]:
     """Labels that start an event while ``path`` is streamed (in quiet room noise)."""
     from detector.config import Config
-    from detector.model.custom import ArraySource, read_audio
+    from detector.cli.custom_fit import ArraySource, read_audio
     from detector.pipeline import Pipeline
 
     rate = classifier.model_metadata.features.sample_rate

@@ -219,7 +219,7 @@ def test_runtime_control_switches_an_audioset_label_like_a_built_in_one(model):
     from dataclasses import replace
 
     from detector.config import Config
-    from detector.model.custom import ArraySource
+    from detector.cli.custom_fit import ArraySource
     from detector.model.classifier import Classifier
     from detector.pipeline import Pipeline
     from detector.publish.sink import Sink

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import REPO
 from detector.model import custom
+from detector.cli import custom_fit
 from detector.config import Config, ConfigError, load_config
 from detector.errors import ModelError
 from detector.audio.features import FeatureParams, logmel
@@ -127,28 +128,28 @@ def test_fit_is_deterministic_and_separates():
     pos = rng.normal(1.0, 1.0, (60, 16))
     neg = rng.normal(0.0, 1.0, (400, 16))
     groups = np.repeat(np.arange(4), 15)
-    a, _ = custom.fit_head(pos, groups, neg)
-    b, _ = custom.fit_head(pos, groups, neg)
+    a, _ = custom_fit.fit_head(pos, groups, neg)
+    b, _ = custom_fit.fit_head(pos, groups, neg)
     assert np.array_equal(a.w, b.w) and a.b == b.b
     assert a.scores(pos).mean() > 0.8 and a.scores(neg).mean() < 0.2
 
 
 def test_positive_windows_skip_silence_and_the_gate():
     levels = np.array([-90, -80, -30, -28, -33, -40, -85], dtype=float)
-    clip = custom.ClipWindows("c", levels, np.zeros((7, 2), np.float32), 2.0, -90.0)
-    assert custom.positive_windows(clip, gate_dbfs=-70).tolist() == [2, 3, 4]
-    quiet = custom.ClipWindows("q", levels - 50, np.zeros((7, 2), np.float32), 2.0, -140.0)
-    assert custom.positive_windows(quiet, gate_dbfs=-70).size == 0
+    clip = custom_fit.ClipWindows("c", levels, np.zeros((7, 2), np.float32), 2.0, -90.0)
+    assert custom_fit.positive_windows(clip, gate_dbfs=-70).tolist() == [2, 3, 4]
+    quiet = custom_fit.ClipWindows("q", levels - 50, np.zeros((7, 2), np.float32), 2.0, -140.0)
+    assert custom_fit.positive_windows(quiet, gate_dbfs=-70).size == 0
 
 
 def test_takes_are_also_heard_farther_away_window_for_window(model, audio):
     classifier = Classifier(model)
-    samples = custom.read_audio(audio["takes"][2], 16000)
-    clip = custom.embed_clip(classifier, samples, Config(), name="t", farther_db=(-20.0,))
+    samples = custom_fit.read_audio(audio["takes"][2], 16000)
+    clip = custom_fit.embed_clip(classifier, samples, Config(), name="t", farther_db=(-20.0,))
     assert len(clip.farther) == 1
     copy = clip.farther[0]
     assert copy.levels.shape == clip.levels.shape
-    loud = custom.positive_windows(clip, -70.0)
+    loud = custom_fit.positive_windows(clip, -70.0)
     # where the sound is, the copy is 20 dB quieter (the room floor it is heard in aside)
     assert np.allclose(copy.levels[loud], clip.levels[loud] - 20.0, atol=1.5)
     assert not np.allclose(copy.embeddings[loud], clip.embeddings[loud])
@@ -161,13 +162,13 @@ def test_every_quieter_copy_keeps_the_windows_of_its_take_with_onset_windows_on(
     config = Config()
     assert config.model.onset_hop_seconds > 0
     for path in audio["takes"]:
-        samples = custom.read_audio(path, 16000)
-        clip = custom.embed_clip(classifier, samples, config, name="t")
+        samples = custom_fit.read_audio(path, 16000)
+        clip = custom_fit.embed_clip(classifier, samples, config, name="t")
         assert [c.levels.size for c in clip.farther] == [clip.levels.size] * 2
-        plain = custom.embed_samples(classifier, samples, Config(
+        plain = custom_fit.embed_samples(classifier, samples, Config(
             model=dataclasses.replace(config.model, onset_hop_seconds=0.0)))
         assert clip.levels.size == plain.levels.size
-    streamed = custom.embed_samples(classifier, samples, config, onset_windows=True)
+    streamed = custom_fit.embed_samples(classifier, samples, config, onset_windows=True)
     assert streamed.levels.size > clip.levels.size  # the daemon's onset windows
 
 
@@ -176,42 +177,42 @@ def test_quieter_copies_are_positives_of_their_own_take():
     the room) are learned, held out with their take."""
     rng = np.random.default_rng(1)
     levels = np.array([-62, -30, -28, -62], dtype=float)
-    far = custom.ClipWindows("a -20", levels - [0, 20, 20, 0], rng.normal(0.5, 1, (4, 8)),
+    far = custom_fit.ClipWindows("a -20", levels - [0, 20, 20, 0], rng.normal(0.5, 1, (4, 8)),
                              1.0, -62.0)
-    takes = [custom.ClipWindows(f"t{i}", levels, rng.normal(2, 1, (4, 8)), 1.0, -62.0,
+    takes = [custom_fit.ClipWindows(f"t{i}", levels, rng.normal(2, 1, (4, 8)), 1.0, -62.0,
                                 farther=(far,)) for i in range(3)]
     bg = rng.normal(0, 1, (200, 8)).astype(np.float32)
     files = np.arange(200) // 4
-    plain = custom.enroll("x", [custom.ClipWindows(t.name, t.levels, t.embeddings, 1.0, -62.0)
+    plain = custom_fit.enroll("x", [custom_fit.ClipWindows(t.name, t.levels, t.embeddings, 1.0, -62.0)
                                 for t in takes], bg, files, "1", -70.0)
-    both = custom.enroll("x", takes, bg, files, "1", -70.0, background_groups=files % 25)
+    both = custom_fit.enroll("x", takes, bg, files, "1", -70.0, background_groups=files % 25)
     assert plain.head.info["windows"] == 6 and both.head.info["windows"] == 12
     assert len(both.clip_scores) == 3
     with pytest.raises(ValueError):
-        custom.enroll("x", takes, bg, files, "1", -70.0, background_groups=files[:10])
+        custom_fit.enroll("x", takes, bg, files, "1", -70.0, background_groups=files[:10])
 
 
 def test_background_copies_keep_their_origin_through_save_and_load(tmp_path):
     emb = np.arange(24, dtype=np.float32).reshape(6, 4)
-    bg = custom.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), ["a", "b", "a", "b"], "1",
+    bg = custom_fit.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), ["a", "b", "a", "b"], "1",
                               np.array([0, 1, 0, 1]))
-    back = custom.BackgroundSet.load(bg.save(tmp_path / "bg.npz"))
+    back = custom_fit.BackgroundSet.load(bg.save(tmp_path / "bg.npz"))
     assert back.groups().tolist() == [0, 0, 1, 0, 0, 1]
     assert back.without_kinds(["b"]).groups().tolist() == [0, 0, 0, 0]
-    plain = custom.BackgroundSet.load(
-        custom.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), list("abab"), "1").save(
+    plain = custom_fit.BackgroundSet.load(
+        custom_fit.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), list("abab"), "1").save(
             tmp_path / "plain.npz"))
     assert plain.origins is None and plain.groups().tolist() == [0, 0, 1, 2, 2, 3]
-    broken = custom.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), list("abab"), "1",
+    broken = custom_fit.BackgroundSet(emb, np.array([0, 0, 1, 2, 2, 3]), list("abab"), "1",
                                   np.array([0, 1, 9, 1]))
     with pytest.raises(ModelError, match="inconsistent"):
-        custom.BackgroundSet.load(broken.save(tmp_path / "broken.npz"))
+        custom_fit.BackgroundSet.load(broken.save(tmp_path / "broken.npz"))
 
 
 def test_kinds_that_name_the_label_are_left_out_of_the_background():
     kinds = ["door_wood_knock", "knock", "keyboard", "keys", "cough", "casual"]
-    assert custom.matching_kinds("knock", kinds) == ["door_wood_knock", "knock"]
-    assert custom.matching_kinds("doorbell", kinds) == []
+    assert custom_fit.matching_kinds("knock", kinds) == ["door_wood_knock", "knock"]
+    assert custom_fit.matching_kinds("doorbell", kinds) == []
 
 
 # ------------------------------------------------------------------ enroll / replay
@@ -417,7 +418,7 @@ def test_runtime_control_and_metrics_know_the_custom_label(enrolled, model, audi
     directory, _ = enrolled
     clf = Classifier(model)
     clf.attach_custom(custom.load_custom_dir(directory))
-    samples = custom.read_audio(audio["test"], 16000)
+    samples = custom_fit.read_audio(audio["test"], 16000)
 
     class Events(Sink):
         def __init__(self):
@@ -433,7 +434,7 @@ def test_runtime_control_and_metrics_know_the_custom_label(enrolled, model, audi
         sink = Events()
         registry = Registry()
         metrics = MetricsSink(MetricsConfig(enabled=True, port=0), registry=registry)
-        pipe = Pipeline(Config(), custom.ArraySource(samples, 16000), clf, [sink, metrics],
+        pipe = Pipeline(Config(), custom_fit.ArraySource(samples, 16000), clf, [sink, metrics],
                         node="t")
         if control is not None:
             pipe.apply_control(parse_control(control, pipe.tracker.event_labels))

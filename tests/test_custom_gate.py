@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from detector.model import custom
+from detector.cli import custom_fit
 from detector.model.gate import audioset_classes
 from onnx_models import make_band_model, tone_signal, write_tone_wav
 
@@ -110,35 +111,35 @@ def test_support_set_is_common_to_most_takes_and_not_the_background():
 
     takes = [profile(Doorbell=0.6, Speech=0.7, Chime=0.3), profile(Doorbell=0.5, Chime=0.2),
              profile(Doorbell=0.4, Music=0.5), profile(Doorbell=0.7, Chime=0.1)]
-    support = [NAMES[i] for i in custom.support_set(takes, custom.background_classes(None, []))]
+    support = [NAMES[i] for i in custom_fit.support_set(takes, custom_fit.background_classes(None, []))]
     assert support[0] == "Doorbell" and "Chime" in support
     assert "Speech" not in support  # uninformative, whatever the takes say
     assert "Music" not in support  # in one take of four only
     # a class the background files rank high is not evidence
     bg = np.vstack([profile(Chime=0.9)] * 5 + [profile(Rain=0.9)] * 5)
-    excluded = custom.background_classes(bg, np.repeat(np.arange(5), 2))
+    excluded = custom_fit.background_classes(bg, np.repeat(np.arange(5), 2))
     assert NAMES.index("Chime") in excluded
-    assert "Chime" not in [NAMES[i] for i in custom.support_set(takes, excluded)]
+    assert "Chime" not in [NAMES[i] for i in custom_fit.support_set(takes, excluded)]
 
 
 def test_a_take_that_is_mostly_speech_or_silence_is_warned():
     p = np.full(len(NAMES), 0.01, dtype=np.float32)
     p[NAMES.index("Speech")] = 0.8
-    note = custom.uninformative_take("take1.wav", p)
+    note = custom_fit.uninformative_take("take1.wav", p)
     assert note and '"Speech"' in note and "take1.wav" in note
     p[NAMES.index("Doorbell")] = 0.9
-    assert custom.uninformative_take("take1.wav", p) is None
+    assert custom_fit.uninformative_take("take1.wav", p) is None
 
 
 def test_a_background_set_keeps_its_audioset_evidence(tmp_path):
     rng = np.random.default_rng(0)
     probs = rng.random((6, len(NAMES))).astype(np.float32)
-    bg = custom.BackgroundSet(rng.standard_normal((6, 4)).astype(np.float32),
+    bg = custom_fit.BackgroundSet(rng.standard_normal((6, 4)).astype(np.float32),
                               np.array([0, 0, 1, 1, 2, 2]), ["a", "b", "a"], "v1",
                               audioset=probs)
-    back = custom.BackgroundSet.load(bg.save(tmp_path / "bg.npz"))
+    back = custom_fit.BackgroundSet.load(bg.save(tmp_path / "bg.npz"))
     assert back.audioset.shape == (6, len(NAMES))
     np.testing.assert_allclose(back.audioset, probs, atol=1e-3)  # stored as float16
     assert back.without_kinds(["b"]).audioset.shape == (4, len(NAMES))
-    plain = custom.BackgroundSet(bg.embeddings, bg.files, bg.kinds, "v1")
-    assert custom.BackgroundSet.load(plain.save(tmp_path / "plain.npz")).audioset is None
+    plain = custom_fit.BackgroundSet(bg.embeddings, bg.files, bg.kinds, "v1")
+    assert custom_fit.BackgroundSet.load(plain.save(tmp_path / "plain.npz")).audioset is None

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from detector.model import custom
+from detector.cli import custom_fit
 from detector.errors import AudioError, ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -156,16 +157,16 @@ def _background(args, config, classifier, label: str
     next_id = 0
     if not args.no_shipped_background:
         path = (Path(args.background_set) if args.background_set
-                else custom.shipped_background_path(meta.model_version))
+                else custom_fit.shipped_background_path(meta.model_version))
         if path.is_file():
-            bg = custom.BackgroundSet.load(path)
+            bg = custom_fit.BackgroundSet.load(path)
             if bg.model_version != meta.model_version:
                 raise ModelError(f"background set {path} was made with model "
                                  f"{bg.model_version}, this model is {meta.model_version}")
             if bg.embeddings.shape[1] != classifier.embedding_dim:
                 raise ModelError(f"background set {path} is {bg.embeddings.shape[1]} wide, "
                                  f"the model's embedding {classifier.embedding_dim}")
-            drop = sorted(set(custom.matching_kinds(label, bg.kinds)) | set(args.exclude_kind))
+            drop = sorted(set(custom_fit.matching_kinds(label, bg.kinds)) | set(args.exclude_kind))
             unknown = sorted(set(args.exclude_kind) - set(bg.kinds))
             if unknown:
                 raise ConfigError(f"--exclude-kind {', '.join(unknown)}: not in the "
@@ -194,9 +195,9 @@ def _background(args, config, classifier, label: str
     rate = meta.features.sample_rate
     gate = config.events.gate_dbfs
     for k, path in enumerate(user):
-        win = custom.embed_samples(classifier, custom.read_audio(path, rate), config,
+        win = custom_fit.embed_samples(classifier, custom_fit.read_audio(path, rate), config,
                                    name=path.name, seed=1000 + k)
-        keep = custom.spread(np.flatnonzero(win.levels >= gate), BACKGROUND_WINDOWS_PER_FILE)
+        keep = custom_fit.spread(np.flatnonzero(win.levels >= gate), BACKGROUND_WINDOWS_PER_FILE)
         if keep.size == 0:
             lines.append(f"--background {path}: every window is below the energy gate; "
                          "not used")
@@ -247,17 +248,17 @@ def cmd_enroll(args: argparse.Namespace, load) -> int:
     if not paths:
         raise ConfigError("no clips: pass FILE... or --record SECONDS")
     rate = meta.features.sample_rate
-    clips = [custom.embed_clip(classifier, custom.read_audio(p, rate), config,
+    clips = [custom_fit.embed_clip(classifier, custom_fit.read_audio(p, rate), config,
                                name=p.name, seed=k) for k, p in enumerate(paths)]
     background, files, groups, lines, bg_audioset = _background(args, config, classifier,
                                                                  label)
     hop = config.model.window_hop_seconds or meta.window_hop_seconds or 0.25
-    context = max(1, 1 + int(round((custom.GATE_CONTEXT_SECONDS - meta.window_seconds) / hop)))
-    result = custom.enroll(label, clips, background, files, meta.model_version,
+    context = max(1, 1 + int(round((custom_fit.GATE_CONTEXT_SECONDS - meta.window_seconds) / hop)))
+    result = custom_fit.enroll(label, clips, background, files, meta.model_version,
                            config.events.gate_dbfs, config.events.smoothing_windows,
                            background_groups=groups, background_audioset=bg_audioset,
                            context_windows=context,
-                           wait_windows=int(round(custom.GATE_MAX_WAIT_SECONDS / hop)))
+                           wait_windows=int(round(custom_fit.GATE_MAX_WAIT_SECONDS / hop)))
     replaced = (directory / f"{label}.npz").exists()
     path = result.head.save(directory)
     cpu = time.process_time() - cpu0
@@ -274,7 +275,7 @@ def cmd_enroll(args: argparse.Namespace, load) -> int:
     print(f"expect without the AudioSet gate: {recall}; {100 * result.false_alarms:.1f}% of "
           "held-out background files fire")
     if result.gate is not None:
-        names = ", ".join(f'"{n}"' for n in custom.support_names(result.gate["support"]))
+        names = ", ".join(f'"{n}"' for n in custom_fit.support_names(result.gate["support"]))
         print(f"AudioSet evidence: {names} (an event of {label!r} needs one of them in the "
               f"top {result.gate['top_k']} of 527 over {result.gate['context_seconds']:g} s, "
               f"waiting up to {result.gate['max_wait_seconds']:g} s)")
