@@ -260,3 +260,82 @@ class EventTracker:
             "node": self.node,
             "model": self.model,
         }
+
+
+class Decisions:
+    """The decision stage: the tracker's candidate events through the AudioSet gate.
+
+    ``gate`` is the model's :class:`~detector.model.gate.Gate` (None: the model has
+    none, every candidate is published). With ``file_offsets`` (replay) every event
+    carries ``offset_s``, its onset window's position in the stream (sample-exact),
+    and ``published_offset_s``, the stream position when it was published. With
+    ``record_candidates`` and a gate, :attr:`candidates` keeps copies of the tracker's
+    events before the gate (exactly what ``events.audioset_gate = false`` publishes).
+    """
+
+    def __init__(self, tracker: EventTracker, gate=None, *, file_offsets: bool = False,
+                 record_candidates: bool = False):
+        self.tracker = tracker
+        self.gate = gate
+        self.file_offsets = file_offsets
+        self.record_candidates = record_candidates
+        self.candidates: list[dict] = []
+        self.started_at: float | None = None
+        """Stream clock of the first sample (set by the pipeline)."""
+        self.position = 0.0
+        """Stream position (s) of the window being decided."""
+        self._window_positions: deque = deque(maxlen=4096)
+        self._offsets: dict[str, float] = {}
+
+    def window(self, now: float, position: float) -> None:
+        """The window ending at stream ``position`` (s) is decided at clock ``now``."""
+        if self.file_offsets:
+            self._window_positions.append((now, position))
+        self.position = position
+
+    def update(self, scores, level: float, now: float) -> list[dict]:
+        """One window's scores: the events to publish now."""
+        return self._decide(self.tracker.update(scores, level, now), now)
+
+    def flush(self, now: float) -> list[dict]:
+        """End every open event (end of stream, lost device): what to publish now."""
+        return self._decide(self.tracker.flush(now), now, final=True)
+
+    def stamp(self, event: dict) -> dict:
+        """The event as published (replay: with ``published_offset_s``)."""
+        if self.file_offsets:
+            event["published_offset_s"] = round(self.position, 3)
+        return event
+
+    def reset(self) -> None:
+        """Audio resumed after a gap: the gate's evidence must not span it."""
+        if self.gate is not None:
+            self.gate.reset()
+
+    def _offset_of(self, event: dict) -> float:
+        """Seconds from the stream's first sample to the event's onset window."""
+        if event["type"] == "start" or event["id"] not in self._offsets:
+            onset = self.tracker.onset_of(event["label"])
+            position = next((pos for when, pos in reversed(self._window_positions)
+                             if when == onset), None)
+            if position is None:  # older than the remembered windows: the stream clock
+                position = onset - (self.started_at or onset)
+            self._offsets[event["id"]] = round(max(0.0, position), 3)
+        if event["type"] == "end":
+            return self._offsets.pop(event["id"])
+        return self._offsets[event["id"]]
+
+    def _decide(self, events: list[dict], now: float, final: bool = False) -> list[dict]:
+        if self.file_offsets:
+            for event in events:
+                event["offset_s"] = self._offset_of(event)
+        if self.gate is None:
+            return events
+        if self.record_candidates:  # what the daemon would publish with the gate off
+            for event in events:
+                self.candidates.append({**event, "published_offset_s": round(self.position, 3)}
+                                       if self.file_offsets else dict(event))
+        out = self.gate.filter(events, now)
+        if final:
+            out += self.gate.flush(now)
+        return out

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from detector.audio.features import StreamingLogMel
-from detector.pipeline import COLUMN_BUFFER_ROWS
+from detector.audio.windows import COLUMN_BUFFER_ROWS
 from onnx_models import tone_signal
 from test_pipeline import SR, ArraySource, classifier, config, run  # noqa: F401 (fixture)
 

@@ -13,7 +13,8 @@ import pytest
 from detector.audio.capture import AudioSource, FileSource
 from detector.config import Config, EventsConfig, ModelConfig, MqttConfig
 from detector.model.classifier import Classifier
-from detector.pipeline import Pipeline, build_sinks, dbfs
+from detector.audio.level import dbfs
+from detector.pipeline import Pipeline, build_sinks
 from detector.publish.sink import Sink
 from detector.publish.stdout import StdoutSink
 from onnx_models import make_band_model, tone_signal, write_tone_wav
@@ -362,11 +363,11 @@ def test_stdout_sink_writes_json_lines():
 
 
 def test_sample_ring_sums_exact_spans_across_wraps_and_growth():
-    from detector.pipeline import _SampleRing
+    from detector.audio.level import SampleRing
 
     rng = np.random.default_rng(3)
     signal = rng.standard_normal(200_000).astype(np.float32)
-    ring = _SampleRing(keep=5000, capacity=12000)
+    ring = SampleRing(keep=5000, capacity=12000)
     pos = 0
     for size in list(rng.integers(1, 3000, 60)) + [40_000, 7, 9000]:
         ring.write(signal[pos:pos + size])
@@ -454,10 +455,10 @@ def test_scores_view_stamps_replay_windows_with_their_position_in_the_file():
 
 
 def test_sample_ring_returns_the_block_it_wrote_in_one_piece():
-    from detector.pipeline import _SampleRing
+    from detector.audio.level import SampleRing
 
     rng = np.random.default_rng(5)
-    ring = _SampleRing(keep=1000, capacity=3000)
+    ring = SampleRing(keep=1000, capacity=3000)
     for size in (800, 800, 800, 800, 2500, 1):
         block = rng.standard_normal(size).astype(np.float32)
         start = ring.total % ring.buf.shape[0]
@@ -472,7 +473,7 @@ def test_sample_ring_returns_the_block_it_wrote_in_one_piece():
 
 def reference_levels(signal, pipe):
     """Each window's level as the float32 ring of the previous code computed it."""
-    from detector.pipeline import dbfs
+    from detector.audio.level import dbfs
 
     out = []
     span, rate = pipe.window_span, pipe.params.sample_rate

@@ -15,10 +15,14 @@ same mutable event dict, so a clip writer can add ``clip`` before it is publishe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+import logging
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
+
+
+logger = logging.getLogger(__name__)
 
 
 class Sink:
@@ -53,3 +57,47 @@ class Sink:
 
     def close(self) -> None:
         """Flush and release resources; called once at shutdown."""
+
+
+class SinkSet:
+    """Calls every sink in order; a sink that raises is logged and skipped, never fatal.
+
+    A sink that inherits a hook unchanged from :class:`Sink` (a no-op) is not called
+    for it: the pipeline calls ``audio`` per block and ``window`` per window, and most
+    sinks override neither (:meth:`wants` tells the caller whether to build the args).
+    """
+
+    def __init__(self, sinks: Iterable[Sink]):
+        self.sinks = list(sinks)
+        self._failures: dict[tuple[int, str], int] = {}
+        self._hooks: dict[str, list[tuple[int, Sink]]] = {}
+
+    def _receivers(self, method: str) -> list[tuple[int, Sink]]:
+        found = self._hooks.get(method)
+        if found is None:
+            base = getattr(Sink, method, None)
+            found = [(i, sink) for i, sink in enumerate(self.sinks)
+                     if base is None or method in vars(sink)
+                     or getattr(type(sink), method, None) is not base]
+            self._hooks[method] = found
+        return found
+
+    def wants(self, method: str) -> bool:
+        """Whether any sink does something in ``method`` (more than the base no-op)."""
+        return bool(self._receivers(method))
+
+    def call(self, method: str, *args) -> None:
+        for i, sink in self._receivers(method):
+            try:
+                getattr(sink, method)(*args)
+            except Exception:
+                key = (i, method)
+                count = self._failures.get(key, 0) + 1
+                self._failures[key] = count
+                if count == 1 or count % 1000 == 0:
+                    logger.exception("output %s failed in %s() (failure %d; the pipeline "
+                                     "continues)", type(sink).__name__, method, count)
+
+    @property
+    def failures(self) -> int:
+        return sum(self._failures.values())
