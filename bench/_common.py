@@ -1,4 +1,6 @@
-"""Helpers shared by the bench scripts: a private Mosquitto, test audio, machine info."""
+"""What every ``python -m bench`` subcommand shares: the run-and-measure helper
+(:func:`run_child`), the stamp every results file carries (:func:`begin`, :func:`finish`:
+machine, load, date, command), a private Mosquitto, test audio."""
 
 from __future__ import annotations
 
@@ -42,11 +44,12 @@ def mosquitto_binary(name: str = "mosquitto") -> str | None:
 
 
 class Broker:
-    """A real Debian mosquitto on a free loopback port (context manager)."""
+    """A real Debian mosquitto on a free loopback port (context manager); ``stop`` and
+    ``start`` take it away and bring it back on the same port."""
 
     def __init__(self):
-        exe = mosquitto_binary()
-        if exe is None:
+        self.exe = mosquitto_binary()
+        if self.exe is None:
             raise SystemExit("mosquitto is not installed: run scripts/setup-test-deps.sh")
         if threading.current_thread() is threading.main_thread():
             # A terminated bench unwinds its `with Broker()` block instead of orphaning
@@ -54,10 +57,15 @@ class Broker:
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         self.dir = Path(tempfile.mkdtemp(prefix="bench-mosquitto-"))
         self.port = free_port()
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        "persistence false\nmax_queued_messages 100000\n")
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                             "persistence false\nmax_queued_messages 100000\n")
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the broker; returns once its port listens."""
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -65,18 +73,21 @@ class Broker:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.02)
         self.close()
         raise SystemExit(f"mosquitto did not listen on {self.port}")
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
@@ -125,6 +136,54 @@ def percentiles(values, ps=(50, 95, 99)) -> dict:
     if arr.size == 0:
         return {f"p{p}": None for p in ps}
     return {f"p{p}": round(float(np.percentile(arr, p)), 4) for p in ps}
+
+
+def begin(sub: str, argv) -> dict:
+    """The start of a results file: which subcommand, the command line (file names only,
+    never a local path), the machine and its load now."""
+    import shlex
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return {"bench": sub, "command": "python -m bench " + " ".join(
+        [sub] + [shlex.quote(Path(a).name if "/" in a else a) for a in args]),
+        "machine": machine()}
+
+
+def finish(result: dict, name: str, out_dir, markdown) -> Path:
+    """Stamp the load at the end, write ``<name>.json`` and ``<name>.md`` (``markdown``
+    renders the JSON, so the table always says what the file holds) and print the table."""
+    result["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
+    md = markdown(result)
+    path = save(name, result, md, out_dir)
+    print(md)
+    print(f"-> {path}")
+    return path
+
+
+SUBCOMMANDS = ("cost", "latency", "quality", "scale", "peer")
+
+
+def markdown_of(path: Path) -> str:
+    """The table of a results JSON written by ``python -m bench``, rendered again from it
+    (what ``scripts/sync_docs.py`` puts into a docs block naming a ``.json`` file)."""
+    import importlib
+
+    result = json.loads(Path(path).read_text())
+    if Path(path).name == "pi_estimate.json":  # kept from a settled experiment
+        from bench.cost import pi_markdown
+        return pi_markdown(result)
+    sub = result.get("bench")
+    if sub not in SUBCOMMANDS:
+        raise SystemExit(f"{path}: not written by python -m bench (no known 'bench' key)")
+    return importlib.import_module(f"bench.{sub}").markdown(result)
+
+
+def stamp_line(r: dict) -> str:
+    """Machine, date, load and command of a results file, as one line under its table."""
+    m = r["machine"]
+    return (f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, shared; 1-min load "
+            f"{m['load_avg_1min_at_start']} at start, {r.get('load_avg_1min_at_end')} at end) "
+            f"by `{r['command']}`.")
 
 
 def run_line(r: dict) -> str:

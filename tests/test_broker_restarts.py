@@ -162,7 +162,7 @@ def test_events_queued_in_a_long_outage_reach_the_returning_broker_quickly(tmp_p
     """A broker away for 20 s: with the old backoff (1 s doubling to 30 s) the daemon's
     next attempt came 11 s after the broker's return. Now the events queued meanwhile
     must arrive within RECONNECT_MAX_SECONDS and a connection's round trip; the time is
-    measured and printed (the outage sweep is bench/mqtt_delivery.py --outage)."""
+    measured and printed (the outage sweep is python -m bench latency --outage)."""
     model = make_band_model(tmp_path / "tiny.onnx")
     segments = [(1.0 + 2.0 * i, 1.9 + 2.0 * i, 1000.0 if i % 2 == 0 else 3000.0)
                 for i in range(12)]

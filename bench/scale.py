@@ -1,6 +1,6 @@
 """Scale-out: N simulated sensor nodes publishing to one Mosquitto.
 
-    python bench/scaleout.py --nodes 10 25 50 --seconds 60
+    python -m bench scale --nodes 10 25 50 --seconds 60
 
 Each node is a separate ``python -m detector replay --realtime`` process (the
 real daemon code path: file source paced like a microphone, the shipped model,
@@ -13,7 +13,7 @@ Reported per N: events produced vs delivered (by id, de-duplicated), CPU
 seconds per node (from the children's rusage) and per second of audio, wall
 time vs audio time (a node that cannot keep up falls behind real time), and
 the load average. On a small machine, large N saturates the CPU: the numbers
-say so instead of hiding it. Results: ``bench/results/<name>.json`` / ``.md``.
+say so instead of hiding it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import REPO, Broker, machine, save  # noqa: E402
+from bench._common import REPO, Broker, begin, finish, stamp_line
 
 DEMO_SECONDS = 12.0
 
@@ -126,46 +124,41 @@ def run_fleet(n: int, seconds: float, broker: Broker, workdir: Path, timeout: fl
             "load_avg_1min_at_end": round(load, 2)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--seconds", type=float, default=60.0,
                         help="audio per node (whole repeats of the 12 s demo clip, or "
                              "of its first SECONDS when shorter)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per fleet size")
-    parser.add_argument("--name", default="scaleout")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    info = machine()
+    parser.add_argument("--name", default="scale")
+
+
+def run(args, argv) -> int:
+    result = begin("scale", argv)
     rows = []
-    with Broker() as broker, tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
+    with Broker() as broker, tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for n in args.nodes:
             work = Path(tmp) / f"n{n}"
             work.mkdir()
             print(f"{n} nodes...", flush=True)
             rows.append(run_fleet(n, args.seconds, broker, work, args.timeout))
             print(json.dumps(rows[-1]), flush=True)
-    result = {"machine": info, "command": "python bench/scaleout.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "fleets": rows}
-    md = [f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}; load average at "
-          f"start {info['load_avg_1min_at_start']}.",
-          f"Command: `{result['command']}` — N `python -m detector replay --realtime` "
-          "processes, one Mosquitto, one subscriber.", "",
-          "| nodes | audio/node | wall | produced | delivered | lost | CPU/node | "
-          "CPU per audio s per node | load avg at end | exit codes |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        md.append(f"| {r['nodes']} | {r['audio_seconds_per_node']:.0f} s | {r['wall_seconds']} s "
-                  f"| {r['events_produced']} | {r['events_delivered']} | "
-                  f"{r['produced_not_delivered']} | {r['cpu_seconds_per_node']} s | "
-                  f"{r['cpu_ms_per_audio_second_per_node']} ms | {r['load_avg_1min_at_end']} | "
-                  f"{r['exit_codes']} |")
-    text = "\n".join(md) + "\n"
-    path = save(args.name, result, text, args.out)
-    print(text)
-    print(f"-> {path}")
+    result["fleets"] = rows
+    finish(result, args.name, args.out, markdown)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def markdown(r: dict) -> str:
+    md = ["| nodes | audio/node | wall | produced | delivered | lost | CPU/node | "
+          "CPU per audio s per node | load avg at end | exit codes |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for f in r["fleets"]:
+        md.append(f"| {f['nodes']} | {f['audio_seconds_per_node']:.0f} s | {f['wall_seconds']} s "
+                  f"| {f['events_produced']} | {f['events_delivered']} | "
+                  f"{f['produced_not_delivered']} | {f['cpu_seconds_per_node']} s | "
+                  f"{f['cpu_ms_per_audio_second_per_node']} ms | {f['load_avg_1min_at_end']} | "
+                  f"{f['exit_codes']} |")
+    md += ["", "Each node a `python -m detector replay --realtime` process (the demo clip, "
+           "the shipped model, MQTT), one Mosquitto, one subscriber counting by event id.", "",
+           stamp_line(r)]
+    return "\n".join(md) + "\n"

