@@ -100,3 +100,70 @@ def refuse_writable_by_others(path: Path, what: str, error: type[DetectorError])
         raise error(f"{what} {path} is writable by every user (mode "
                     f"{stat.S_IMODE(mode):03o}), so anyone could change what the daemon does; "
                     f"run `chmod o-w {path}`")
+
+
+_HELD: dict[str, list[int]] = {}  # lock path -> [fd, holders in this process]
+
+
+def lock_file(path: Path) -> tuple[str | None, bool]:
+    """Take an exclusive lock on ``path`` for this process (flock: released when the
+    process ends, even by SIGKILL). Returns ``(key, True)`` when held (release it with
+    :func:`unlock_file`), ``(owner pid, False)`` when another process holds it, and
+    ``(None, True)`` when the lock file cannot be used at all (then nothing is checked).
+    Holders in one process share the lock."""
+    import fcntl
+
+    key = str(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return key, True
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        try:  # another user's lock file (a shared /tmp): a read-only descriptor locks too
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            logger.debug("lock %s not usable (%s)", path, exc.strerror or exc)
+            return None, True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)
+        return owner, False
+    except OSError as exc:
+        os.close(fd)
+        logger.debug("lock %s not usable (%s)", path, exc.strerror or exc)
+        return None, True
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError:  # read-only descriptor: the lock holds, the pid is not written
+        pass
+    _HELD[key] = [fd, 1]
+    return key, True
+
+
+def unlock_file(key: str | None) -> None:
+    """Release what :func:`lock_file` took (the last holder in this process closes it)."""
+    held = _HELD.get(key) if key else None
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[key]
+        os.close(held[0])  # closing the descriptor releases the lock
+
+
+def runtime_dir() -> Path:
+    """Where per-boot lock files go: systemd's RuntimeDirectory, the user's runtime
+    directory, else the system's temporary directory."""
+    import tempfile
+
+    for var in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+        value = os.environ.get(var, "").split(":")[0]
+        if value and os.path.isdir(value):
+            return Path(value)
+    return Path(tempfile.gettempdir())

@@ -119,3 +119,39 @@ def test_a_second_daemon_with_the_same_config_is_refused_in_one_line(mosquitto, 
     third = daemon("replay", wav, "--model", model, "--config", conf)
     third.communicate(timeout=120)
     assert third.returncode == 0
+
+
+def test_a_second_daemon_with_the_same_client_id_is_refused_in_one_line(mosquitto, tmp_path):
+    """Without an outbox file the client id is what two daemons share: the broker would
+    keep only one connection, each reconnect knocking the other off."""
+    model = make_band_model(tmp_path / "tiny.onnx")
+    node = f"id-{uuid.uuid4().hex[:6]}"
+    conf = write_config(tmp_path / "c.toml", mosquitto.port, node, f"ha-{node}")
+    wav = write_tone_wav(tmp_path / "tones.wav", [(0.5, 1.5, SIREN)], seconds=60.0)
+    rec = Recorder(mosquitto.port, [f"sound-detector/{node}/status"])
+    first = daemon("replay", wav, "--realtime", "--model", model, "--config", conf)
+    try:
+        rec.wait_for(lambda msgs: any(p == b"online" for _, p, _ in msgs), 30, "online")
+        second = daemon("replay", wav, "--model", model, "--config", conf)
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 2
+        assert out == ""
+        assert err.splitlines() == [
+            f"sound-detector: error: MQTT client id 'sound-detector-{node}' on "
+            f"127.0.0.1:{mosquitto.port} is in use by another running sound-detector on this "
+            f"machine (pid {first.pid}); the broker keeps one connection per id: stop the "
+            "other one, or give this one its own mqtt.client_id (or mqtt.node_id)"]
+        assert first.poll() is None
+        # a second daemon with its own node id runs beside it
+        other = write_config(tmp_path / "d.toml", mosquitto.port, node + "b", f"ha-{node}b")
+        third = daemon("replay", wav, "--model", model, "--config", other)
+        third.communicate(timeout=120)
+        assert third.returncode == 0
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+        rec.close()
+    # SIGKILL released the lock
+    fourth = daemon("replay", wav, "--model", model, "--config", conf)
+    fourth.communicate(timeout=120)
+    assert fourth.returncode == 0

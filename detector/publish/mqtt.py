@@ -228,6 +228,26 @@ class MqttSink(Sink):
         REGISTRY.outbox_held.set_function(lambda: float(self.outbox.held))
         self._diagnostic: str | None = None
         self.outbox.losses.on_report = self._report_loss
+        self._client_lock = self._lock_client_id(client_id)
+
+    def _lock_client_id(self, client_id: str) -> str | None:
+        """One daemon per client id and broker on this machine: a second one would knock
+        the first off the broker at every reconnect (the broker keeps one session per id)
+        and deliver messages twice. Refused in one line."""
+        import hashlib
+
+        from detector.private import lock_file, runtime_dir
+
+        where = f"{self.settings.host}:{self.settings.port}"
+        digest = hashlib.sha256(f"{where}/{client_id}".encode()).hexdigest()[:16]
+        key, ok = lock_file(runtime_dir() / f"sound-detector-mqtt-{digest}.lock")
+        if not ok:
+            self.outbox.close()
+            raise ConfigError(f"MQTT client id {client_id!r} on {where} is in use by another "
+                              f"running sound-detector on this machine (pid {key}); the broker "
+                              "keeps one connection per id: stop the other one, or give this "
+                              "one its own mqtt.client_id (or mqtt.node_id)")
+        return key
 
     # -- topics -------------------------------------------------------------
     def _t(self, *parts: str) -> str:
@@ -349,6 +369,10 @@ class MqttSink(Sink):
             self.client.publish(self._t("device"), str(value), qos=1, retain=True)
 
     def close(self) -> None:
+        from detector.private import unlock_file
+
+        unlock_file(self._client_lock)
+        self._client_lock = None
         if not self._started:
             self.outbox.close()
             return
