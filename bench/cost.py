@@ -206,7 +206,7 @@ def pi_markdown(r: dict) -> str:
     m = r["machine"]
     lines += ["", f"Scaled from {d['mqtt_off']['daemon_ms_per_audio_second_here']} ms per "
               f"second of audio measured here then ({r['daemon']['source']}); ratio "
-              f"{d['mqtt_off']['onnxruntime']['pi4']['ratio_central']}x Pi 4 core / this "
+              f"{d['mqtt_off']['onnxruntime']['pi4']['ratio_central']}x Pi 4 core / that "
               f"machine. {m['date']}, {m['cpu']}, by `{r['command']}` (a settled experiment: "
               "the script left the tree, its results stay)."]
     return "\n".join(lines) + "\n"
