@@ -433,13 +433,14 @@ def build_sinks(config: "Config", sample_rate: int,
     loads paho or an HTTP server it does not use.
     """
     sinks: list[Sink] = []
-    notify = None
+    notify = metrics = None
     if config.clips.enabled:
         ClipSink = _import("detector.publish.clips", "ClipSink", "clips.enabled")
         sinks.append(ClipSink(config.clips, sample_rate))
     if config.metrics.enabled:
         MetricsSink = _import("detector.publish.metrics", "MetricsSink", "metrics.enabled")
-        sinks.append(MetricsSink(config.metrics))
+        metrics = MetricsSink(config.metrics)
+        sinks.append(metrics)
     try:
         from detector.publish.notify import NotifySink
     except ImportError:
@@ -452,8 +453,11 @@ def build_sinks(config: "Config", sample_rate: int,
         sinks.append(notify)
     if config.mqtt.enabled:
         MqttSink = _import("detector.publish.mqtt", "MqttSink", "mqtt.enabled")
-        sinks.append(MqttSink(config.mqtt, on_control=on_control,
-                              on_state=notify.mqtt_state if notify is not None else None))
+        mqtt = MqttSink(config.mqtt, on_control=on_control,
+                        on_state=notify.mqtt_state if notify is not None else None)
+        sinks.append(mqtt)
+        if metrics is not None:  # the MQTT sink never imports metrics: they read it
+            metrics.watch_mqtt(mqtt)
     if config.output.stdout_json if stdout is None else stdout:
         from detector.publish.stdout import StdoutSink
         sinks.append(StdoutSink())

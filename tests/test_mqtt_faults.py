@@ -89,7 +89,6 @@ def test_a_flood_of_bad_control_is_rate_limited(mosquitto, sinks, caplog):
 @pytest.mark.parametrize("queue", ["memory", "sqlite"])
 def test_an_undeliverable_message_is_set_aside_and_the_rest_flow(mosquitto, sinks, caplog,
                                                                  tmp_path, queue):
-    from detector.publish.metrics import REGISTRY
     from mqtt_helpers import make_event
 
     path = str(tmp_path / "outbox.sqlite") if queue == "sqlite" else None
@@ -114,7 +113,11 @@ def test_an_undeliverable_message_is_set_aside_and_the_rest_flow(mosquitto, sink
     # not queued: every connect publishes the latest states, and skips that one with a line)
     assert sink.outbox.set_aside_count == 2
     assert sink.outbox.undeliverable == 2
-    assert REGISTRY.outbox_undeliverable.value() == 2.0
+    # what the metrics serve as sound_detector_outbox_undeliverable_total
+    from detector.publish.metrics import Registry
+    registry = Registry(process=False)
+    registry.watch_mqtt(sink)
+    assert 'sound_detector_outbox_undeliverable_total 2.0' in registry.render().splitlines()
     aside = [w for w in _warnings(caplog) if "can never be delivered" in w]
     assert len(aside) == 2 and all("too long" in w for w in aside)
     assert all(len(w) < 400 for w in _warnings(caplog)), "a 70 kB topic is not logged whole"
@@ -139,7 +142,6 @@ import time  # noqa: E402
 
 from conftest import Mosquitto, free_port, mosquitto_binary, wait_port  # noqa: E402
 import detector.publish.mqtt as mqtt_module  # noqa: E402
-from detector.publish.metrics import REGISTRY  # noqa: E402
 
 
 def _wait(predicate, seconds=20.0):
@@ -194,9 +196,8 @@ def test_plain_client_against_a_tls_listener_says_so(tls_brokers, sinks, caplog)
     with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
         sink = MqttSink(settings(tls_brokers["tls"]), on_state=states.append)
         sinks.append(sink)
-        before = REGISTRY.mqtt_problems.value(reason="closed")
         sink.start(["siren"], "v1")
-        assert _wait(lambda: REGISTRY.mqtt_problems.value(reason="closed") >= before + 2, 20)
+        assert _wait(lambda: sink.problems["closed"] >= 2, 20)
     lines = _problem_lines(caplog, "closed the connection before accepting it")
     assert len(lines) == 1, _warnings(caplog)  # once, not per retry
     assert "TLS listener" in lines[0] and "mqtt.tls = true" in lines[0]
@@ -247,14 +248,13 @@ def test_refused_authentication_is_logged_once_then_at_a_bounded_rate(tmp_path, 
                             stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        before = REGISTRY.mqtt_problems.value(reason="auth")
         with caplog.at_level(logging.WARNING, logger="detector.publish.mqtt"):
             sink = MqttSink(settings(port, username="alice"), password="wrong-one")
             sinks.append(sink)
             sink.start(["siren"], "v1")
             # paho retries after 1, 2, 4 s: attempts at ~0, 1, 3, 7 s
-            assert _wait(lambda: REGISTRY.mqtt_problems.value(reason="auth") >= before + 4, 30)
-        attempts = REGISTRY.mqtt_problems.value(reason="auth") - before
+            assert _wait(lambda: sink.problems["auth"] >= 4, 30)
+        attempts = sink.problems["auth"]
         lines = _problem_lines(caplog, "refused the connection")
         assert lines[0].startswith("MQTT: broker") and "mqtt.username" in lines[0]
         assert "wrong-one" not in caplog.text
@@ -310,22 +310,22 @@ def test_silent_broker_is_reported_and_clears(fresh_mosquitto, sinks, caplog, mo
     sinks.append(sink)
     sink.start(["siren"], "v1")
     assert _wait(lambda: sink.connected and len(sink.outbox) == 0, 20)
-    before = REGISTRY.mqtt_problems.value(reason="no_puback")
+    assert sink.problems["no_puback"] == 0
     os.kill(fresh_mosquitto.proc.pid, signal.SIGSTOP)
     try:
         with caplog.at_level(logging.INFO, logger="detector.publish.mqtt"):
             sink.event(make_event(0))
             assert _wait(lambda: _problem_lines(caplog, "has not acknowledged"), 15)
-            assert REGISTRY.mqtt_unacked_seconds.value() >= 1.0
+            assert sink.unacked_seconds >= 1.0
             time.sleep(1.5)  # still silent: no second line, one incident counted
             assert len(_problem_lines(caplog, "has not acknowledged")) == 1
-            assert REGISTRY.mqtt_problems.value(reason="no_puback") == before + 1
+            assert sink.problems["no_puback"] == 1
             assert "has not acknowledged" in (sink.problem or "")
         os.kill(fresh_mosquitto.proc.pid, signal.SIGCONT)
         with caplog.at_level(logging.INFO, logger="detector.publish.mqtt"):
             assert _wait(lambda: len(sink.outbox) == 0, 20), "delivered once the broker wakes"
         assert sink.problem is None and states[-1] == "connected"
-        assert REGISTRY.mqtt_unacked_seconds.value() == 0.0
+        assert sink.unacked_seconds == 0.0
         assert any("acknowledges again" in r.getMessage() for r in caplog.records)
     finally:
         os.kill(fresh_mosquitto.proc.pid, signal.SIGCONT)

@@ -64,23 +64,31 @@ def test_runtime_imports_and_replay_without_heavy_packages(tmp_path):
 
 
 def test_a_replay_loads_only_what_it_uses(tmp_path):
-    """Startup CPU: a replay without MQTT never imports paho (nor ssl through it), and
-    the MQTT sink's module with its in-memory queue loads neither sqlite3 nor an HTTP
-    server (paho itself brings http.client)."""
+    """Startup CPU and memory: a replay without MQTT never imports paho (nor ssl through
+    it), and the MQTT sink's module with its in-memory queue loads neither sqlite3 nor an
+    HTTP server (paho itself brings http.client). prometheus_client (tens of ms and
+    megabytes: bench/results/metrics_cost.json) is loaded only when [metrics] is enabled."""
     model = make_band_model(tmp_path / "tiny.onnx")
     tone = write_tone_wav(tmp_path / "tone.wav", [(1.0, 2.5, 1000.0)], seconds=4.0)
     script = ("import json, sys; from detector.cli.main import main; code = main(sys.argv[2:]); "
               "sys.argv[1] == 'mqtt' and __import__('detector.publish.mqtt'); "
               "print(json.dumps(sorted(sys.modules))); sys.exit(code)")
-    config = tmp_path / "c.toml"
-    config.write_text("[mqtt]\nenabled = false\n")
-    for mode, banned in (("plain", {"paho", "ssl", "sqlite3", "http.server", "onnx", "scipy"}),
-                         ("mqtt", {"sqlite3", "http.server", "onnx", "scipy"})):
+    configs = {"plain": "[mqtt]\nenabled = false\n", "mqtt": "[mqtt]\nenabled = false\n",
+               "metrics": "[mqtt]\nenabled = false\n[metrics]\nenabled = true\nport = 0\n"}
+    for mode, banned, wanted in (
+            ("plain", {"paho", "ssl", "sqlite3", "http.server", "onnx", "scipy",
+                       "prometheus_client", "detector.publish.metrics"}, set()),
+            ("mqtt", {"sqlite3", "http.server", "onnx", "scipy", "prometheus_client",
+                      "detector.publish.metrics"}, {"detector.publish.mqtt"}),
+            ("metrics", {"paho", "sqlite3", "onnx", "scipy"},
+             {"prometheus_client", "detector.publish.metrics"})):
+        config = tmp_path / f"{mode}.toml"
+        config.write_text(configs[mode])
         result = subprocess.run([sys.executable, "-c", script, mode, "replay", str(tone),
                                  "--model", str(model), "--config", str(config)],
                                 capture_output=True, text=True, timeout=120, cwd=REPO)
         assert result.returncode == 0, result.stderr
         loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
-        assert "detector.publish.mqtt" in loaded or mode == "plain"
+        assert wanted <= loaded, (mode, sorted(wanted - loaded))
         found = {m for m in loaded if m in banned or m.split(".")[0] in banned}
         assert not found, (mode, sorted(found))

@@ -1,10 +1,13 @@
-"""Prometheus metrics: a tiny registry and a text endpoint on a local port.
+"""Prometheus metrics through ``prometheus_client``, served on a local port.
 
-No dependency: the Prometheus text exposition format (version 0.0.4) is a few
-lines to write, and the Raspberry Pi install stays small. Other sinks update the
-process-wide :data:`REGISTRY` (the MQTT sink exports its connection state and
-outbox depth through gauge callbacks) whether or not the endpoint is enabled;
-:class:`MetricsSink` serves it at ``http://<host>:<port>/metrics``.
+This module is imported only when ``[metrics] enabled = true``: importing
+``prometheus_client`` costs tens of milliseconds and several megabytes of memory,
+which a Raspberry Pi that publishes over MQTT without metrics should not pay
+(bench/results/metrics_cost.json). Each :class:`MetricsSink` has its own
+:class:`Registry`: the daemon's counters and histograms, the values read at scrape
+time (audio level, queue depth, the MQTT sink's state through :meth:`Registry.watch_mqtt`)
+and the ``process_*`` and ``python_info`` metrics of the client's own collectors.
+Other sinks never import this module; the metrics side reads them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator
+
+try:
+    import prometheus_client
+except ImportError as exc:  # a runtime dependency; a broken install says what to do
+    raise ImportError(f"{exc}: [metrics] needs it, pip install 'prometheus_client>=0.18'"
+                      ) from None
+from prometheus_client import (CollectorRegistry, Counter, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from detector.errors import ConfigError
 from detector.ratelimit import RateLimitedLog
@@ -22,223 +34,159 @@ from detector.publish.sink import Sink
 logger = logging.getLogger(__name__)
 _error_log = RateLimitedLog(logger, 60.0, 5)
 
+# No ``*_created`` sample beside every counter and histogram: the exposition stays the
+# series it always was (the process-wide switch of the client; this module is loaded
+# only by a daemon that serves metrics).
+prometheus_client.disable_created_metrics()
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The text format ``generate_latest`` writes (the client's CONTENT_TYPE_LATEST names a
+newer version in recent releases; our names need nothing beyond 0.0.4)."""
 TIME_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 """Histogram buckets (seconds) for per-window feature and inference time."""
 
-
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+Read = Callable[[], Any]
 
 
-def _fmt(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+class _Readings:
+    """A collector of values read at scrape time: gauges, and totals kept elsewhere.
 
+    A read that returns None or NaN (not known yet) or raises leaves that one metric
+    out of the scrape; the others are served. A failing read is logged at most five
+    times a minute.
+    """
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()):
-        self.name, self.help, self.labelnames = name, help_text, tuple(labelnames)
+    def __init__(self) -> None:
+        self._specs: list[tuple[str, str, str, tuple[str, ...], Read]] = []
         self._lock = threading.Lock()
 
-    def _key(self, labels: Mapping[str, str]) -> tuple[str, ...]:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
-
-    def render(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}",
-                *self._samples()]
-
-    def _samples(self) -> list[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    """Monotonic count; ``set_total`` mirrors a counter kept elsewhere (e.g. overflows)."""
-
-    kind = "counter"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._values: dict[tuple[str, ...], float] = {} if self.labelnames else {(): 0.0}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
+    def add(self, name: str, kind: str, help_text: str, read: Read,
+            labelnames: tuple[str, ...] = ()) -> None:
+        """``read()`` returns a number, or with ``labelnames`` a mapping from a label
+        value (one label) to a number."""
         with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+            self._specs.append((name, kind, help_text, labelnames, read))
 
-    def set_total(self, total: float, **labels: str) -> None:
-        key = self._key(labels)
+    def collect(self) -> Iterator:
         with self._lock:
-            self._values[key] = max(self._values.get(key, 0.0), float(total))
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def _samples(self):
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}" for k, v in items]
-
-
-class Gauge(_Metric):
-    """A value that goes up and down, set directly or read from a callback."""
-
-    kind = "gauge"
-
-    def __init__(self, *args, kind: str = "gauge", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.kind = kind  # "counter" for a monotonic total read from elsewhere
-        self._value = math.nan
-        self._fn: Callable[[], float] | None = None
-
-    def set(self, value: float) -> None:
-        with self._lock:
-            self._value, self._fn = float(value), None
-
-    def set_function(self, fn: Callable[[], float] | None) -> None:
-        with self._lock:
-            self._fn = fn
-
-    def value(self) -> float:
-        with self._lock:
-            fn, value = self._fn, self._value
-        if fn is None:
-            return value
-        try:
-            return float(fn())
-        except Exception:  # a scrape must never kill the daemon
-            logger.exception("metric %s callback failed", self.name)
-            return math.nan
-
-    def _samples(self):
-        value = self.value()
-        return [] if math.isnan(value) else [f"{self.name} {_fmt(value)}"]
-
-
-class Histogram(_Metric):
-    """Cumulative buckets, sum and count (Prometheus histogram)."""
-
-    kind = "histogram"
-
-    def __init__(self, name, help_text, buckets: Sequence[float] = TIME_BUCKETS):
-        super().__init__(name, help_text)
-        self.buckets = tuple(sorted(buckets))
-        self._counts = [0] * (len(self.buckets) + 1)
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        index = len(self.buckets)
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                index = i
-                break
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return sum(self._counts)
-
-    def _samples(self):
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        lines, running = [], 0
-        for bound, n in zip((*self.buckets, math.inf), counts):
-            running += n
-            lines.append(f'{self.name}_bucket{{le="{_fmt(bound)}"}} {running}')
-        lines += [f"{self.name}_sum {_fmt(total)}", f"{self.name}_count {running}"]
-        return lines
+            specs = list(self._specs)
+        for name, kind, help_text, labelnames, read in specs:
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            try:
+                value = read()
+                if labelnames:
+                    metric = family(name, help_text, labels=labelnames)
+                    for label, v in sorted(dict(value).items()):
+                        metric.add_metric([str(label)], float(v))
+                    yield metric
+                    continue
+                if value is None or math.isnan(float(value)):
+                    continue
+                metric = family(name, help_text, value=float(value))
+            except Exception as exc:  # a scrape must never fail for one value
+                _error_log.log("metrics: reading %s failed (%s: %s)", name,
+                               type(exc).__name__, exc)
+                continue
+            yield metric
 
 
 class Registry:
-    """Every metric of the daemon, rendered in a fixed order."""
+    """Every metric of one daemon: its own ``CollectorRegistry``, in a fixed order."""
 
-    def __init__(self):
-        self.windows = Counter("sound_detector_windows_total", "Model windows processed.")
+    def __init__(self, process: bool = True):
+        self.collectors = CollectorRegistry()
+        r = self.collectors
+        self.windows = Counter("sound_detector_windows_total", "Model windows processed.",
+                               registry=r)
         self.inference_seconds = Histogram("sound_detector_inference_seconds",
-                                           "onnxruntime time per model window.")
+                                           "onnxruntime time per model window.",
+                                           buckets=TIME_BUCKETS, registry=r)
         self.features_seconds = Histogram("sound_detector_features_seconds",
-                                          "Log-mel feature time per model window.")
+                                          "Log-mel feature time per model window.",
+                                          buckets=TIME_BUCKETS, registry=r)
         self.events = Counter("sound_detector_events_total",
-                              "Events by label and type (start/end).", ("label", "type"))
+                              "Events by label and type (start/end).", ("label", "type"),
+                              registry=r)
         self.overflows = Counter("sound_detector_input_overflows_total",
-                                 "Audio blocks lost because processing fell behind.")
-        self.audio_queue = Gauge("sound_detector_audio_queue_blocks",
-                                 "Audio blocks waiting between capture and processing.")
-        self.level = Gauge("sound_detector_level_dbfs", "Level of the last window in dBFS.")
-        self.device_connected = Gauge("sound_detector_device_connected",
-                                      "1 while the audio input is open, 0 while it is lost.")
-        self.mqtt_connected = Gauge("sound_detector_mqtt_connected",
-                                    "1 while connected to the MQTT broker.")
-        self.mqtt_problems = Counter(
-            "sound_detector_mqtt_problems_total",
-            "Failed MQTT connection attempts and silent-broker incidents, by reason "
-            "(unreachable, tls, closed, hung, refused, auth, no_puback).", ("reason",))
-        self.mqtt_unacked_seconds = Gauge(
-            "sound_detector_mqtt_unacked_seconds",
-            "Age of the message waiting for the broker's PUBACK (0 when none).")
-        self.outbox = Gauge("sound_detector_outbox_messages",
-                            "MQTT messages waiting for delivery (events and state).")
-        self.outbox_dropped = Gauge("sound_detector_outbox_dropped_total",
-                                    "MQTT messages dropped because the outbox was full.",
-                                    kind="counter")
-        self.outbox_undeliverable = Gauge(
-            "sound_detector_outbox_undeliverable_total",
-            "MQTT messages that can never be delivered (e.g. a topic over 65,535 bytes), "
-            "moved aside so the rest flow.", kind="counter")
-        self.events_lost = Gauge(
-            "sound_detector_events_lost_total",
-            "Events (messages on …/events) the MQTT outbox lost: dropped when full, or "
-            "refused by a full disk beyond what it holds in memory.", kind="counter")
-        self.outbox_lost = Gauge(
-            "sound_detector_outbox_lost_total",
-            "MQTT outbox messages lost (events, per-label copies and state).", kind="counter")
-        self.outbox_held = Gauge(
-            "sound_detector_outbox_held_messages",
-            "MQTT outbox messages held in memory because the SQLite file refuses writes.")
-        self.start_time = Gauge("sound_detector_start_time_seconds",
-                                "Unix time the daemon started.")
-        self.start_time.set(time.time())
+                                 "Audio blocks lost because processing fell behind.",
+                                 registry=r)
+        self._overflows_seen = 0.0
+        # values that are unknown until the pipeline (or a sink) says them
+        self.audio_queue: float | None = None
+        self.level: float | None = None
+        self.device_connected: float | None = None
+        self.start_time = time.time()
+        self.readings = _Readings()
+        self.readings.add("sound_detector_audio_queue_blocks", "gauge",
+                          "Audio blocks waiting between capture and processing.",
+                          lambda: self.audio_queue)
+        self.readings.add("sound_detector_level_dbfs", "gauge",
+                          "Level of the last window in dBFS.", lambda: self.level)
+        self.readings.add("sound_detector_device_connected", "gauge",
+                          "1 while the audio input is open, 0 while it is lost.",
+                          lambda: self.device_connected)
+        self.readings.add("sound_detector_start_time_seconds", "gauge",
+                          "Unix time the daemon started.", lambda: self.start_time)
+        r.register(self.readings)
+        if process:  # process_* (CPU seconds, resident memory, open fds, start time)
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)  # python_info{version,implementation}
 
-    def metrics(self) -> list[_Metric]:
-        return [value for value in vars(self).values() if isinstance(value, _Metric)]
+    def set_overflows(self, total: float) -> None:
+        """Mirror the capture's overflow total (a counter kept by the audio source)."""
+        if total > self._overflows_seen:
+            self.overflows.inc(total - self._overflows_seen)
+            self._overflows_seen = float(total)
+
+    def watch_mqtt(self, mqtt: Any) -> None:
+        """Serve the state of an MQTT sink, read at every scrape.
+
+        ``mqtt`` needs ``connected``, ``unacked_seconds``, ``problems`` (a mapping
+        reason -> count) and ``outbox`` (``len()``, ``dropped``, ``set_aside_count``,
+        ``events_lost``, ``lost``, ``held``): :class:`detector.publish.mqtt.MqttSink`.
+        """
+        add = self.readings.add
+        add("sound_detector_mqtt_connected", "gauge", "1 while connected to the MQTT broker.",
+            lambda: 1.0 if mqtt.connected else 0.0)
+        add("sound_detector_mqtt_problems_total", "counter",
+            "Failed MQTT connection attempts and silent-broker incidents, by reason "
+            "(unreachable, tls, closed, hung, refused, auth, no_puback).",
+            lambda: mqtt.problems, labelnames=("reason",))
+        add("sound_detector_mqtt_unacked_seconds", "gauge",
+            "Age of the message waiting for the broker's PUBACK (0 when none).",
+            lambda: mqtt.unacked_seconds)
+        add("sound_detector_outbox_messages", "gauge",
+            "MQTT messages waiting for delivery (events and state).",
+            lambda: len(mqtt.outbox))
+        add("sound_detector_outbox_dropped_total", "counter",
+            "MQTT messages dropped because the outbox was full.",
+            lambda: mqtt.outbox.dropped)
+        add("sound_detector_outbox_undeliverable_total", "counter",
+            "MQTT messages that can never be delivered (e.g. a topic over 65,535 bytes), "
+            "moved aside so the rest flow.", lambda: mqtt.outbox.set_aside_count)
+        add("sound_detector_events_lost_total", "counter",
+            "Events (messages on …/events) the MQTT outbox lost: dropped when full, or "
+            "refused by a full disk beyond what it holds in memory.",
+            lambda: mqtt.outbox.events_lost)
+        add("sound_detector_outbox_lost_total", "counter",
+            "MQTT outbox messages lost (events, per-label copies and state).",
+            lambda: mqtt.outbox.lost)
+        add("sound_detector_outbox_held_messages", "gauge",
+            "MQTT outbox messages held in memory because the SQLite file refuses writes.",
+            lambda: mqtt.outbox.held)
 
     def render(self) -> str:
-        lines: list[str] = []
-        for metric in self.metrics():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
-
-
-REGISTRY = Registry()
-"""The process-wide registry other sinks update."""
+        """The text exposition (what ``/metrics`` serves)."""
+        return generate_latest(self.collectors).decode()
 
 
 class MetricsSink(Sink):
     """Counts windows, timings and events; serves ``/metrics`` on host:port."""
 
     def __init__(self, settings, registry: Registry | None = None):
-        # the HTTP server only when metrics are served (MQTT imports this module too)
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.registry = registry or REGISTRY
+        self.registry = registry or Registry()
         self.settings = settings
         registry_ = self.registry
 
@@ -246,7 +194,8 @@ class MetricsSink(Sink):
             def do_GET(self):  # noqa: N802 (http.server API)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    body, status, ctype = registry_.render().encode(), 200, CONTENT_TYPE
+                    body, status, ctype = (generate_latest(registry_.collectors), 200,
+                                           CONTENT_TYPE)
                 elif path == "/":
                     body, status, ctype = (b'<a href="/metrics">metrics</a>\n', 200,
                                            "text/html; charset=utf-8")
@@ -287,14 +236,19 @@ class MetricsSink(Sink):
         self._thread.start()
         logger.info("Prometheus metrics on http://%s:%d/metrics", settings.host, self.port)
 
+    def watch_mqtt(self, mqtt: Any) -> None:
+        """Serve an MQTT sink's connection and outbox state (see :meth:`Registry.watch_mqtt`)."""
+        self.registry.watch_mqtt(mqtt)
+
     def start(self, labels, model_version):
         for label in labels:  # every label shows up with 0, so rate() works from the start
             for kind in ("start", "end"):
-                self.registry.events.inc(0, label=label, type=kind)
-        self.registry.device_connected.set(1)
+                self.registry.events.labels(label=label, type=kind)
+        self.registry.device_connected = 1.0
 
     def event(self, event):
-        self.registry.events.inc(1, label=str(event.get("label")), type=str(event.get("type")))
+        self.registry.events.labels(label=str(event.get("label")),
+                                    type=str(event.get("type"))).inc()
 
     def window(self, scores, level_dbfs, now, timing):
         r = self.registry
@@ -304,15 +258,15 @@ class MetricsSink(Sink):
         if "features_ms" in timing:
             r.features_seconds.observe(float(timing["features_ms"]) / 1000.0)
         if "overflows" in timing:
-            r.overflows.set_total(float(timing["overflows"]))
+            r.set_overflows(float(timing["overflows"]))
         if "queue_depth" in timing:
-            r.audio_queue.set(float(timing["queue_depth"]))
+            r.audio_queue = float(timing["queue_depth"])
         if level_dbfs is not None and math.isfinite(level_dbfs):
-            r.level.set(level_dbfs)
+            r.level = float(level_dbfs)
 
     def status(self, key, value):
         if key == "device":
-            self.registry.device_connected.set(1 if value == "connected" else 0)
+            self.registry.device_connected = 1.0 if value == "connected" else 0.0
 
     def close(self):
         self._server.shutdown()

@@ -40,7 +40,6 @@ from detector.errors import ConfigError, DetectorError
 from detector.events import iso_utc
 from detector.publish.homeassistant import (discovery_messages, event_entity_payload, is_own_config,
                             node_config_filter, topic_names, topic_safe)
-from detector.publish.metrics import REGISTRY
 from detector.publish.outbox import open_outbox
 from detector.ratelimit import RateLimitedLog
 from detector.publish.sink import Sink
@@ -154,6 +153,8 @@ class MqttSink(Sink):
         self._problem_logged = 0.0
         self._problem_repeats = 0
         self._problem_lock = threading.Lock()
+        self.problems: collections.Counter[str] = collections.Counter()
+        """Failed connection attempts and silent-broker incidents by reason (metrics read it)."""
         self._last_paho_error = ""
         self._refused = False
         self._unacked_since: float | None = None
@@ -218,14 +219,6 @@ class MqttSink(Sink):
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self.client.on_log = self._on_log
-        REGISTRY.mqtt_connected.set_function(lambda: 1.0 if self._connected.is_set() else 0.0)
-        REGISTRY.outbox.set_function(lambda: float(len(self.outbox)))
-        REGISTRY.outbox_dropped.set_function(lambda: float(self.outbox.dropped))
-        REGISTRY.mqtt_unacked_seconds.set_function(self._unacked_seconds)
-        REGISTRY.outbox_undeliverable.set_function(lambda: float(self.outbox.set_aside_count))
-        REGISTRY.events_lost.set_function(lambda: float(self.outbox.events_lost))
-        REGISTRY.outbox_lost.set_function(lambda: float(self.outbox.lost))
-        REGISTRY.outbox_held.set_function(lambda: float(self.outbox.held))
         self._diagnostic: str | None = None
         self.outbox.losses.on_report = self._report_loss
         self._client_lock = self._lock_client_id(client_id)
@@ -539,12 +532,12 @@ class MqttSink(Sink):
     def _report(self, kind: str, message: str, count: bool = True,
                 key: str | None = None) -> None:
         """A connection problem: logged when it starts or changes, then at most every
-        :data:`PROBLEM_REPEAT_SECONDS`; counted in metrics, passed to ``on_state``."""
+        :data:`PROBLEM_REPEAT_SECONDS`; counted in :attr:`problems`, passed to ``on_state``."""
         now = time.monotonic()
-        if count:
-            REGISTRY.mqtt_problems.inc(reason=kind)
         key = key or message  # the same problem, even if its detail text varies
         with self._problem_lock:
+            if count:
+                self.problems[kind] += 1
             new = key != self._problem_key or self._problem is None
             self._problem = message
             if new:
@@ -591,7 +584,9 @@ class MqttSink(Sink):
         """The current connection problem (one line), None while all is well."""
         return self._problem
 
-    def _unacked_seconds(self) -> float:
+    @property
+    def unacked_seconds(self) -> float:
+        """Age of the message waiting for the broker's PUBACK (0 when none)."""
         since = self._unacked_since
         return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
