@@ -93,10 +93,12 @@ class SessionSubscriber:
 @pytest.mark.slow
 def test_ten_broker_restarts_lose_no_event(tmp_path):
     model = make_band_model(tmp_path / "tiny.onnx")
-    # a siren or a dog bark every 2 s for 30 s, then 8 s of silence to drain
+    # a siren or a dog bark every 2 s for 30 s, then silence to drain
     segments = [(1.0 + 2.0 * i, 1.9 + 2.0 * i, 1000.0 if i % 2 == 0 else 3000.0)
                 for i in range(15)]
-    wav = write_tone_wav(tmp_path / "many.wav", segments, seconds=38.0)
+    # silence after the sounds, so the daemon is still running through every restart even
+    # when each reconnection takes its longest backoff; it is stopped once they are done
+    wav = write_tone_wav(tmp_path / "many.wav", segments, seconds=120.0)
     broker = PersistentBroker(tmp_path)
     node = f"restart-{uuid.uuid4().hex[:6]}"
     conf = tmp_path / "c.toml"
@@ -110,21 +112,46 @@ def test_ten_broker_restarts_lose_no_event(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=REPO)
     printed: list[dict] = []
-    reader = threading.Thread(target=lambda: printed.extend(
-        json.loads(line) for line in proc.stdout), daemon=True)
-    reader.start()
+    log: list[str] = []
+    seen = threading.Condition()
+
+    def read_log():
+        for line in proc.stderr:
+            with seen:
+                log.append(line)
+                seen.notify_all()
+
+    def wait_connected(count: int) -> None:
+        """Until the daemon has logged its ``count``-th connection (each up-time of the
+        broker is reached, however long the backoff under load)."""
+        with seen:
+            ok = seen.wait_for(lambda: sum("MQTT: connected to" in x for x in log) >= count,
+                               RECONNECT_MAX_SECONDS + 20.0)
+        assert ok, "".join(log)[-3000:]
+
+    readers = [threading.Thread(target=lambda: printed.extend(
+        json.loads(line) for line in proc.stdout), daemon=True),
+        threading.Thread(target=read_log, daemon=True)]
+    for reader in readers:
+        reader.start()
+    started = time.monotonic()
     try:
-        time.sleep(1.5)
-        for _ in range(RESTARTS):
+        wait_connected(1)
+        time.sleep(0.5)
+        for n in range(RESTARTS):
             broker.stop()
             assert proc.poll() is None, "the daemon must survive the broker going away"
             time.sleep(0.8)
             broker.start()
-            time.sleep(1.6)
+            wait_connected(n + 2)
+            time.sleep(0.5)
         assert proc.poll() is None
+        time.sleep(max(0.0, 36.0 - (time.monotonic() - started)))  # every sound has ended
+        proc.terminate()  # a clean stop: the rest is silence
         out_rc = proc.wait(timeout=120)
-        reader.join(10)
-        err = proc.stderr.read()
+        for reader in readers:
+            reader.join(10)
+        err = "".join(log)
         assert out_rc == 0, err
         assert "Traceback" not in err
         assert err.count("MQTT: disconnected from") >= RESTARTS, err  # it saw every outage
