@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +16,11 @@ pytest_plugins = ["pulse"]  # PulseAudio FIFO virtual microphone fixtures (tests
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# The daemon's per-machine lock files (one daemon per MQTT client id and broker) go to
+# RUNTIME_DIRECTORY: one of this test session's own, inherited by the daemons it starts,
+# so two test sessions on one machine do not see each other's sinks as a second daemon.
+os.environ["RUNTIME_DIRECTORY"] = tempfile.mkdtemp(prefix="sound-detector-test-run-")
 
 # One lookup of the broker's programs for tests and benchmarks (bench/_common.py).
 _spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "_common.py")

@@ -337,8 +337,9 @@ class ModelMetadata:
         """
         missing = [key for key in REQUIRED_KEYS if key not in props]
         if missing:
-            raise ModelError(f"{source} lacks metadata {missing}; export it with "
-                             "`python -m export export` (see README, 'Model file')")
+            raise ModelError(f"{source} lacks metadata {missing}; a model file describes "
+                             "itself (docs/model.md, 'Model-file contract'): train it with "
+                             "`python -m export train`")
         values: dict[str, Any] = {}
         for key in (*REQUIRED_KEYS, *OPTIONAL_KEYS):
             if key in props:
