@@ -1,4 +1,4 @@
-"""``python -m export train|eval|card|baselines|background-embeddings``.
+"""``python -m export train|eval|card|baselines|background-embeddings|download``.
 
 Each command lives in its own module and is imported only when chosen, so ``--help``
 and the commands that need no TensorFlow never load it. A
@@ -23,6 +23,8 @@ COMMANDS = {
                   "the from-scratch CNN+LSTM on UrbanSound8K folds"),
     "background-embeddings": ("export.background", "background embeddings of everyday sounds "
                               "for custom labels (detector/models/background-<version>.npz)"),
+    "download": ("export.datasets_download", "download UrbanSound8K or ESC-50 into a folder "
+                 "(resumable, checksummed, safe extraction)"),
 }
 ALIASES = {"pretrained": "train", "stream-eval": "eval"}
 

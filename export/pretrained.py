@@ -115,7 +115,10 @@ def collect(data_root: str | Path | None, folds=None, limit: int = 0,
         return limit_per_kind(samples, limit)
     root = Path(data_root)
     fold_to_group = {f: g for g, fs in enumerate(FOLD_GROUPS) for f in fs}
-    for clip in load_urbansound8k(root / "urbansound8k", folds=list(folds) if folds else None):
+    us8k = root / "urbansound8k"
+    if not us8k.is_dir() and (root / "UrbanSound8K").is_dir():  # as `export download` puts it
+        us8k = root / "UrbanSound8K"
+    for clip in load_urbansound8k(us8k, folds=list(folds) if folds else None):
         samples.append(Sample(clip.path, clip.label, fold_to_group.get(clip.fold, 0),
                               f"us8k:{clip.label}", clip.true_duration))
     sesa = {"gunshot": "gun_shot", "siren": "siren", "explosion": "explosion",
