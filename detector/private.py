@@ -105,16 +105,17 @@ def refuse_writable_by_others(path: Path, what: str, error: type[DetectorError])
 _HELD: dict[str, list[int]] = {}  # lock path -> [fd, holders in this process]
 
 
-def lock_file(path: Path) -> tuple[str | None, bool]:
-    """Take an exclusive lock on ``path`` for this process (flock: released when the
-    process ends, even by SIGKILL). Returns ``(key, True)`` when held (release it with
-    :func:`unlock_file`), ``(owner pid, False)`` when another process holds it, and
-    ``(None, True)`` when the lock file cannot be used at all (then nothing is checked).
-    Holders in one process share the lock."""
+def lock_file(path: Path, share_in_process: bool = True) -> tuple[str | None, bool]:
+    """Take an exclusive lock on ``path`` (flock: released when the process ends, even by
+    SIGKILL). Returns ``(key, True)`` when held (release it with :func:`unlock_file`),
+    ``(owner pid, False)`` when someone else holds it, and ``(None, True)`` when the lock
+    file cannot be used at all (then nothing is checked). With ``share_in_process``,
+    holders in one process share the lock; without, each call is its own holder (flock
+    locks an open file description), as two processes would be."""
     import fcntl
 
     key = str(path)
-    if key in _HELD:
+    if share_in_process and key in _HELD:
         _HELD[key][1] += 1
         return key, True
     try:
@@ -142,6 +143,8 @@ def lock_file(path: Path) -> tuple[str | None, bool]:
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     except OSError:  # read-only descriptor: the lock holds, the pid is not written
         pass
+    if not share_in_process:
+        key = f"{key}#{fd}"
     _HELD[key] = [fd, 1]
     return key, True
 

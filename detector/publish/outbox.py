@@ -33,7 +33,6 @@ counted (:attr:`Outbox.lost`, :attr:`Outbox.events_lost`) and reported by
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from detector.errors import ConfigError
-from detector.private import private_dir, private_file
+from detector.private import lock_file, private_dir, private_file, unlock_file
 
 logger = logging.getLogger(__name__)
 
@@ -305,10 +304,10 @@ class SqliteOutbox(Outbox):
         self._undeleted: set[int] = set()  # delivered rows whose delete failed
         self._failing: str | None = None  # why the last write failed, None while writes work
         self._retry_at = 0.0
-        self._lock_fd: int | None = None
+        self._lock_key: str | None = None
         try:
             private_dir(self.path.parent)
-            self._lock_fd = _lock(self.path)
+            self._lock_key = _lock(self.path)
             private_file(self.path)  # SQLite gives its -wal/-shm files the database's mode
             for suffix in ("-wal", "-shm"):
                 extra = self.path.with_name(self.path.name + suffix)
@@ -530,35 +529,21 @@ class SqliteOutbox(Outbox):
             self._unlock()
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the lock
-            self._lock_fd = None
+        unlock_file(self._lock_key)  # closing the descriptor releases the lock
+        self._lock_key = None
 
 
-def _lock(path: Path) -> int:
-    """Take ``<path>.lock`` for this process (flock, released when the process ends,
-    even by SIGKILL); a second daemon on the same outbox is refused in one line."""
-    import fcntl
-
+def _lock(path: Path) -> str | None:
+    """Take ``<path>.lock`` for this outbox (flock, released when the process ends, even by
+    SIGKILL); a second daemon on the same outbox is refused in one line."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-        finally:
-            os.close(fd)
+    key, ok = lock_file(lock_path, share_in_process=False)
+    if not ok:
         raise ConfigError(f"mqtt.queue_path={str(path)!r} is in use by another running "
-                          f"sound-detector (pid {owner}, lock {lock_path.name}); one outbox "
+                          f"sound-detector (pid {key}, lock {lock_path.name}); one outbox "
                           "serves one daemon: stop the other one, or give this one its own "
-                          "queue_path and client_id") from None
-    except OSError:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    return fd
+                          "queue_path and client_id")
+    return key
 
 
 def warn_low_space(directory: Path, key: str, consequence: str,
