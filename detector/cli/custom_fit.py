@@ -39,7 +39,7 @@ FARTHER_DB = (-20.0, -40.0)
 microphone, in a room at :data:`ROOM_FLOOR_DBFS`): users record a take close by, the
 daemon hears the sound from across the room. Without it, knocks enrolled from 5 ESC-50
 clips (loudest window -18 dBFS) fired on 8% of the DCASE office knocks (-52 dBFS); with it
-and :data:`BACKGROUND_FARTHER_DB`, 54% (bench/custom_labels.py, model 1.0.0, before onset
+and :data:`BACKGROUND_FARTHER_DB`, 54% (bench/results/custom_labels_model100.md, model 1.0.0, before onset
 windows; 65% with the daemon's onset windows)."""
 BACKGROUND_FARTHER_DB = (-20.0,)
 """The background set holds its files this much quieter too, so that "quiet" alone
@@ -491,7 +491,7 @@ from detector.model.audioset import (CONTEXT_SECONDS as GATE_CONTEXT_SECONDS,  #
 
 # A custom label's rule is the AudioSet labels' rule with their calibrated defaults (a support
 # class in the top 10 of 527 over 3 s, waiting up to 2 s). On the four labels of
-# bench/custom_gate.py (model test-rot0, 71% recall and 12.0% of other kinds firing without
+# `python -m bench quality --labels custom` (model test-rot0, 71% recall and 12.0% of other kinds firing without
 # a gate) it gives 43% and 7.4%; the top 5 over 2 s (floor 0.05, 1 s wait) 23% and 3.7%
 # (bench/results/custom_gate_test-rot0-k10.md, -k5.md).
 PROFILE_TOP = 5

@@ -12,7 +12,7 @@ the sound could be.
 
 The defaults (:data:`THRESHOLD`, :data:`TOP_K`, :data:`FLOOR`, :data:`CONTEXT_SECONDS`,
 :data:`MAX_WAIT_SECONDS`) were chosen on recordings and judged on other recordings by
-``bench/audioset_labels.py``; every one can be set per label in ``[events]``
+``python -m bench quality --labels audioset``; every one can be set per label in ``[events]``
 (``thresholds``, ``gate_top_k``, ``gate_floor``, ``gate_context_seconds``,
 ``gate_max_wait_seconds``).
 """
@@ -40,7 +40,7 @@ CONTEXT_SECONDS = 3.0
 """Default seconds of sound the evidence is pooled over."""
 MAX_WAIT_SECONDS = 2.0
 """Default wait of a candidate for its rank before it is dropped."""
-# Chosen by `bench/audioset_labels.py --sweep` (432 settings) on five calibration labels
+# Chosen by `python -m bench quality --labels audioset --sweep` (432 settings) on five calibration labels
 # (Laughter, Typing, Sneeze, Keys jangling, Dishes) and half of the other clips, model
 # test-rot0 (1 s windows): the best mean recall (34%) with at most 1.5% of the calibration
 # negatives firing (0.9%). bench/results/audioset_labels_*.json holds the sweep.
