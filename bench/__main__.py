@@ -9,9 +9,10 @@
 * ``scale``   N daemons publishing to one broker;
 * ``peer``    the daemon and YAMNet W8A8 (what Frigate runs) in the same rounds.
 
-Each writes one ``bench/results/<name>.json`` (machine, load, date, command and the numbers)
-and ``<name>.md``, a table rendered from that JSON; ``scripts/sync_docs.py`` renders the
-docs' blocks from the same JSON.
+Each writes one ``bench/results/<name>.json`` (machine, load, date, command and the numbers),
+``<name>.md``, a table rendered from that JSON, and ``<name>.png``, its picture (``python -m
+bench plot FILE.json...`` redraws one); ``scripts/sync_docs.py`` renders the docs' blocks from
+the same JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from bench._common import SUBCOMMANDS  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plot"]:  # redraw committed results, nothing measured
+        from bench._plots import main as plot
+        return plot(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     subs = parser.add_subparsers(dest="sub", required=True, metavar="|".join(SUBCOMMANDS))
     modules = {}

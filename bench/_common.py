@@ -150,13 +150,17 @@ def begin(sub: str, argv) -> dict:
 
 
 def finish(result: dict, name: str, out_dir, markdown) -> Path:
-    """Stamp the load at the end, write ``<name>.json`` and ``<name>.md`` (``markdown``
-    renders the JSON, so the table always says what the file holds) and print the table."""
+    """Stamp the load at the end, write ``<name>.json``, ``<name>.md`` (``markdown``
+    renders the JSON, so the table always says what the file holds) and ``<name>.png``
+    (drawn from the JSON too), and print the table."""
     result["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
     md = markdown(result)
     path = save(name, result, md, out_dir)
+    from bench._plots import write as plot
+
+    picture = plot(result, path.with_suffix(".png"))
     print(md)
-    print(f"-> {path}")
+    print(f"-> {path}" + (f", {picture.name}" if picture else ""))
     return path
 
 

@@ -48,6 +48,7 @@ def test_cost_tiny(tmp_path, mosquitto):  # mosquitto fixture: fails early if it
     assert result["same_events"] == {"mqtt_off": True, "mqtt_on": True}  # HEAD vs HEAD
     assert result["model_call_ms"]["p50"] > 0
     md = (tmp_path / "tiny.md").read_text()
+    assert (tmp_path / "tiny.png").stat().st_size > 10_000  # the picture of the same JSON
     assert "whole process per second of audio" in md and "load" in md
 
 
@@ -183,3 +184,28 @@ def test_latency_without_real_data_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
         f"latency: no real recordings at {tmp_path}; pass --data or use --sound"]
+
+
+def test_every_committed_result_has_its_picture(tmp_path):
+    """`python -m bench plot` redraws each harness result from its JSON alone; the PNG
+    decodes and is the size the page shows, and a file the harness did not write is one
+    line and exit 2."""
+    from PIL import Image
+
+    results = sorted(p for p in (REPO / "bench" / "results").glob("*.json")
+                     if json.loads(p.read_text()).get("bench") in
+                     ("cost", "latency", "quality", "peer", "scale"))
+    assert {"cost.json", "latency.json", "quality.json", "peer.json", "scale.json"} <= \
+        {p.name for p in results}
+    for src in results:
+        copy = tmp_path / src.name
+        copy.write_text(src.read_text())
+        run("plot", str(copy))
+        with Image.open(copy.with_suffix(".png")) as image:
+            assert image.format == "PNG" and image.width >= 500 and image.height >= 300
+        assert (src.with_suffix(".png")).is_file(), f"{src.name} has no committed picture"
+    other = tmp_path / "other.json"
+    other.write_text('{"bench": "nothing"}')
+    proc = subprocess.run([sys.executable, "-m", "bench", "plot", str(other)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
