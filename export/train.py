@@ -2,8 +2,7 @@
 
     python -m export train --data ../shared/data --run runs/pretrained \
         --crossval --out detector/models/default.onnx --model-version 1.1.0
-    python -m export train --folder mydata --weights mn04_as.npz \
-        --ontology audioset_ontology.json --run runs/mine --out mymodel.onnx
+    python -m export train --folder mydata --run runs/mine --out mymodel.onnx
 
 ``--data`` is the shared data layout (UrbanSound8K, SESA, negatives); ``--folder`` your
 own folder-per-class data (``<dir>/<label>/*.wav``, a ``background`` folder for
@@ -38,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folder", metavar="DIR", action="append", default=[],
                         help="your own folder-per-class data (<DIR>/<label>/*.wav); a folder "
                              "named 'background' holds negatives (repeatable)")
-    parser.add_argument("--weights", help="mn04_as.npz (default: <data>/pretrained/mn04_as.npz)")
+    parser.add_argument("--weights", help="mn04_as.npz (default: <data>/pretrained/mn04_as.npz "
+                        "when it exists, else the copy shipped in export/data/)")
     parser.add_argument("--run", required=True, help="run folder (cache, rotations, summary)")
     parser.add_argument("--workers", type=int, default=2, help="processes for the trunk cache")
     parser.add_argument("--variants", type=int, default=3,
@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-threshold", type=float, default=None,
                         help="on-threshold of every label with the gate "
                              "(default: export.pretrained.GATE_THRESHOLD)")
-    parser.add_argument("--ontology", help="AudioSet ontology JSON "
-                        "(default: <data>/pretrained/audioset_ontology.json)")
+    parser.add_argument("--ontology", help="AudioSet ontology JSON (default: <data>/pretrained/"
+                        "audioset_ontology.json when it exists, else the shipped copy)")
     parser.add_argument("--crossval", action="store_true", help="run the four rotations")
     parser.add_argument("--rotations", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--eval-only", action="store_true",
@@ -213,6 +213,20 @@ def reevaluate(args) -> int:
     return 0
 
 
+SHIPPED = Path(__file__).resolve().parent / "data"
+"""The released mn04 AudioSet weights (MIT) and the AudioSet ontology (CC BY-SA 4.0), shipped
+so that training on your own folder needs nothing else (export/data/README.md)."""
+
+
+def pretrained_file(given: str | None, data: Path | None, name: str) -> Path:
+    """``given``, else ``<data>/pretrained/<name>`` when it exists, else the shipped copy."""
+    if given:
+        return Path(given)
+    if data is not None and (data / "pretrained" / name).is_file():
+        return data / "pretrained" / name
+    return SHIPPED / name
+
+
 def run(args) -> int:
     if args.eval_only:
         return reevaluate(args)
@@ -225,12 +239,7 @@ def run(args) -> int:
         raise ConfigError("no data: pass --data DIR (the shared data layout) and/or "
                           "--folder DIR (your own <DIR>/<label>/*.wav)")
     data = Path(args.data) if args.data else None
-    for name, default in (("weights", "mn04_as.npz"), ("ontology", "audioset_ontology.json")):
-        if getattr(args, name) is None and data is None and not (name == "ontology"
-                                                                  and args.no_gate):
-            raise ConfigError(f"--{name} FILE is needed without --data (the shared "
-                              f"data's pretrained/{default})")
-    weights = load_weights(args.weights or data / "pretrained" / "mn04_as.npz")
+    weights = load_weights(pretrained_file(args.weights, data, "mn04_as.npz"))
     samples = P.collect(data, folds=args.folds, limit=args.limit, folders=args.folder)
     labels = P.labels_of(samples)
     if not labels:
@@ -241,7 +250,7 @@ def run(args) -> int:
         from detector.model.gate import audioset_classes
 
         from .support import load_ontology, ontology_support
-        path = Path(args.ontology or data / "pretrained" / "audioset_ontology.json")
+        path = pretrained_file(args.ontology, data, "audioset_ontology.json")
         try:
             nodes = load_ontology(path)
         except (OSError, ValueError) as exc:
