@@ -72,9 +72,6 @@ class Pipeline:
             raise ConfigError(f"audio source delivers {source.sample_rate} Hz but the model "
                               f"needs {self.params.sample_rate} Hz")
         self.live = live
-        self.file_offsets = file_offsets
-        """Replay: every event also carries ``offset_s``, its start in seconds from the
-        first sample of the stream (the position in the file, whatever the clock)."""
         self.sinks = SinkSet(sinks)
         node = node if node is not None else config.mqtt.resolved_node_id
         self.tracker = EventTracker(meta.labels, config.events, meta.thresholds,
@@ -84,6 +81,8 @@ class Pipeline:
         self.gate = build_gate(meta, config.events,
                                always=audioset_labels.labels if audioset_labels else ())
         """The AudioSet gate between the tracker and the outputs (None: the model has none)."""
+        # file_offsets (replay): every event also carries ``offset_s``, its start in seconds
+        # from the first sample of the stream (the position in the file, whatever the clock)
         self.decisions = Decisions(self.tracker, self.gate, file_offsets=file_offsets,
                                    record_candidates=record_scores)
         self.frames = meta.frames
@@ -129,8 +128,6 @@ class Pipeline:
         """Wall time spent in the model, in seconds (all windows)."""
         self.inferences = 0
         """Windows the model actually ran on (gated quiet windows skip it)."""
-        self.started_at: float | None = None
-        """Time of the first sample (the stream clock's origin)."""
         self.record_scores = record_scores
         self.score_times: list[float] = []
         """With ``record_scores``: window times in seconds from the start."""
@@ -148,6 +145,11 @@ class Pipeline:
         self.audioset_rows: list[np.ndarray] = []
         """With ``record_scores`` and a model with an audioset output: every window's
         AudioSet logits."""
+
+    @property
+    def started_at(self) -> float | None:
+        """Time of the first sample (the stream clock's origin; None before it)."""
+        return self.decisions.started_at
 
     @property
     def hop_columns(self) -> int:
@@ -318,7 +320,7 @@ class Pipeline:
         first_block = self._anchor is None
         if first_block:
             self._anchor = wall - block.shape[0] / rate if self.live else wall
-            self.started_at = self.decisions.started_at = self._anchor
+            self.decisions.started_at = self._anchor
         self.samples_in += block.shape[0]
         if self.live and not first_block:
             drift = wall - self._clock_now()
