@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 import re
 import shlex
 import sys
@@ -55,7 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine, run_line, save  # noqa: E402
+from bench._common import finish, machine, run_line  # noqa: E402
 from detector.model import audioset  # noqa: E402
 from detector.config import Config  # noqa: E402
 from detector.cli.custom_fit import read_audio  # noqa: E402
@@ -443,9 +442,7 @@ def main(argv=None) -> int:
                 "per_label": per_label(y_hits),
                 "other_clips_firing": round(len(y_neg) / len(judged_neg), 4),
                 "other_clips_fired": y_neg}
-    result["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
-    out = save(f"audioset_labels_{tag}", result, markdown(result), args.out)
-    print(out.read_text())
+    finish(result, f"audioset_labels_{tag}", args.out, markdown)
     return 0
 
 

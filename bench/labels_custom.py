@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import shlex
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine, run_line, save  # noqa: E402
+from bench._common import finish, machine, run_line  # noqa: E402
 from detector.model import custom  # noqa: E402
 from detector.cli import custom_fit
 from detector.config import Config  # noqa: E402
@@ -214,11 +213,9 @@ def main(argv=None) -> int:
         "gate_defaults": {"top_k": custom_fit.GATE_TOP_K, "floor": custom_fit.GATE_FLOOR,
                           "context_seconds": custom_fit.GATE_CONTEXT_SECONDS,
                           "max_wait_seconds": custom_fit.GATE_MAX_WAIT_SECONDS},
-        "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
     }
     tag = args.tag or meta.model_version
-    out = save(f"custom_gate_{tag}", result, markdown(result), args.out)
-    print(out.read_text())
+    finish(result, f"custom_gate_{tag}", args.out, markdown)
     return 0
 
 
